@@ -1,0 +1,49 @@
+"""Shared fixtures: paths to the real data in ../shared/data (skipped where it is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cellfeat.layout import discover_sites, site_files, SiteKey
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+RXRX1 = SHARED_DATA / "rxrx1"
+DSB = SHARED_DATA / "nuclei-dsb2018"
+CHANNELS = (1, 2, 3, 4, 5, 6)
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (it lives in ../shared/data beside the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def rxrx1_metadata_dir() -> Path:
+    return _need(RXRX1 / "metadata")
+
+
+@pytest.fixture(scope="session")
+def rxrx1_images_root() -> Path:
+    return _need(RXRX1 / "images")
+
+
+@pytest.fixture(scope="session")
+def real_sites(rxrx1_images_root) -> list[tuple[SiteKey, list[Path]]]:
+    """The 14 real RxRx1 sites as (key, [w1..w6 paths])."""
+    table = discover_sites(rxrx1_images_root)
+    keys = [
+        SiteKey(r.Metadata_Experiment, r.Metadata_Plate, r.Metadata_Well, r.Metadata_Site)
+        for r in table.itertuples()
+    ]
+    return [(k, site_files(rxrx1_images_root, k, CHANNELS)) for k in keys]
+
+
+@pytest.fixture(scope="session")
+def dsb_nuclei() -> tuple[Path, Path]:
+    """(image, hand-drawn instance mask) of the real DSB2018 nuclei image."""
+    root = _need(DSB)
+    return root / "img2d.tif", root / "mask2d.tif"
