@@ -29,6 +29,7 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
                    help="treatment wells per plate, the same siRNAs in every experiment; 277 = full plate (default 40)")
     p.add_argument("--positive-controls", type=int, default=6,
                    help="positive-control wells per plate, 0..30 (default 6); the negative control is always there")
+    p.add_argument("--plates", default="1,2,3,4", help="comma-separated plate numbers of each experiment (default 1,2,3,4)")
     p.add_argument("--sites", type=int, default=2, help="sites per well (default 2)")
     p.add_argument("--image-size", type=int, default=256, help="image side in pixels (RxRx1: 512; default 256)")
     p.add_argument("--metadata", help="RxRx1 metadata folder: take the real siRNA groups and plate layouts from it")

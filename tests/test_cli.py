@@ -1,0 +1,40 @@
+"""The cellfeat command as a user runs it: --help, synth, show."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+from PIL import Image
+
+from pipelines.cli import main
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run(["cellfeat", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "synth" in out and "show" in out
+
+
+def test_synth_then_show(tmp_path, caplog):
+    data = tmp_path / "data"
+    argv = ["synth", "--out", str(data), "--train-experiments", "RPE-01", "--test-experiments", "",
+            "--treatments-per-plate", "2", "--positive-controls", "0", "--plates", "1", "--sites", "1",
+            "--image-size", "128"]  # fmt: skip
+    assert main(argv) == 0
+    assert (data / "train.csv").read_text().count("\n") == 1 + 2
+    well = (data / "train.csv").read_text().splitlines()[1].split(",")[3]
+    png = tmp_path / "site.png"
+    assert main(["show", "--data-root", str(data), "--experiment", "RPE-01", "--plate", "1", "--well", well,
+                 "--metadata", str(data), "--out", str(png)]) == 0  # fmt: skip
+    rgb = np.asarray(Image.open(png))
+    assert rgb.shape == (128, 128, 3) and rgb.std() > 10
+
+
+def test_show_real_site_and_a_clear_error(rxrx1_images_root, tmp_path, caplog):
+    png = tmp_path / "huvec.png"
+    assert main(["show", "--data-root", str(rxrx1_images_root), "--experiment", "HUVEC-01", "--plate", "1",
+                 "--well", "B02", "--out", str(png)]) == 0  # fmt: skip
+    assert np.asarray(Image.open(png)).shape == (512, 512, 3)
+    assert main(["show", "--data-root", str(rxrx1_images_root), "--experiment", "HUVEC-01", "--plate", "1",
+                 "--well", "B03", "--out", str(png)]) == 2  # fmt: skip
+    assert "B03_s1_w1.png" in caplog.text
