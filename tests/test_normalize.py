@@ -1,0 +1,80 @@
+"""Per-plate control normalization and feature selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellfeat.normalize import NormalizationError, PlateNormalizer, normalize_plates, select_features
+
+
+def _plates(rng, gains=(1.0, 3.0), offsets=(0.0, 10.0), n_treat=30, n_ctrl=8):
+    """Two plates, the same underlying wells, each seen through its own gain and offset."""
+    base_t = rng.normal(0, 1, (n_treat, 3))
+    base_c = rng.normal(0, 1, (n_ctrl, 3))
+    rows = []
+    for plate, (g, o) in enumerate(zip(gains, offsets), start=1):
+        for kind, base in (("treatment", base_t), ("negative_control", base_c)):
+            for i, x in enumerate(base):
+                rows.append({"Metadata_Experiment": "E-01", "Metadata_Plate": plate, "Metadata_Well": f"{kind[0]}{i}",
+                             "Metadata_WellType": kind, "f1": g * x[0] + o, "f2": g * x[1] - o, "f3": x[2]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_plate_effects_removed_by_own_controls():
+    table = _plates(np.random.default_rng(0))
+    for method in ("mad_robustize", "standardize"):
+        out = normalize_plates(table, ["f1", "f2", "f3"], method=method)
+        p1 = out[out.Metadata_Plate == 1][["f1", "f2", "f3"]].to_numpy()
+        p2 = out[out.Metadata_Plate == 2][["f1", "f2", "f3"]].to_numpy()
+        np.testing.assert_allclose(p1, p2, rtol=1e-4, atol=1e-4)  # gain and offset gone
+    ctrl = normalize_plates(table, ["f1"]).query("Metadata_WellType == 'negative_control'")
+    assert ctrl.groupby("Metadata_Plate").f1.median().abs().max() < 1e-6
+    mad = ctrl.groupby("Metadata_Plate").f1.apply(lambda s: 1.4826 * (s - s.median()).abs().median())
+    np.testing.assert_allclose(mad, 1.0, rtol=1e-4)
+
+
+def test_plate_without_controls_is_an_error():
+    table = _plates(np.random.default_rng(0))
+    table = table[~((table.Metadata_Plate == 2) & (table.Metadata_WellType != "treatment"))]
+    with pytest.raises(NormalizationError, match="plate E-01 2 has no control wells"):
+        normalize_plates(table, ["f1"])
+    with pytest.raises(NormalizationError, match="unknown normalization method"):
+        normalize_plates(table, ["f1"], method="zscore!")
+    with pytest.raises(NormalizationError, match="lacks column"):
+        normalize_plates(table.drop(columns="Metadata_WellType"), ["f1"])
+
+
+def test_select_features_drops_constant_missing_and_correlated():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=200)
+    table = pd.DataFrame(
+        {
+            "a": a,
+            "a_copy": a * 2 + rng.normal(0, 0.01, 200),  # correlated with a and with b a little
+            "b": rng.normal(size=200) + 0.3 * a,
+            "const": np.ones(200),
+            "holes": np.where(rng.random(200) < 0.5, np.nan, 1.0) * rng.normal(size=200),
+        }
+    )
+    kept = select_features(table, list(table.columns))
+    assert "const" not in kept and "holes" not in kept and "b" in kept
+    assert ("a" in kept) != ("a_copy" in kept)  # exactly one of the pair survives
+    assert select_features(table, ["a", "a_copy"], max_correlation=1.0) == ["a", "a_copy"]
+
+
+def test_normalizer_applies_to_new_plates_and_checks_features():
+    rng = np.random.default_rng(2)
+    train = _plates(rng)
+    norm = PlateNormalizer().fit(train, ["f1", "f2", "f3"])
+    assert norm.features_ == ["f1", "f2", "f3"]
+    test = _plates(rng, gains=(5.0, 0.5), offsets=(-3.0, 7.0)).assign(Metadata_Experiment="E-02")
+    out = norm.transform(test)
+    assert list(out.columns[:4]) == ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Metadata_WellType"]
+    ctrl = out[out.Metadata_WellType == "negative_control"]
+    assert ctrl.groupby("Metadata_Plate").f1.median().abs().max() < 1e-5
+    with pytest.raises(NormalizationError, match="lacks 1 feature"):
+        norm.transform(test.drop(columns="f2"))
+    tvn = PlateNormalizer(tvn=True).fit(train, ["f1", "f2", "f3"]).transform(train)
+    assert np.isfinite(tvn[["f1", "f2", "f3"]].to_numpy()).all()
