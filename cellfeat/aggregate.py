@@ -1,0 +1,49 @@
+"""Per-cell rows to per-well profiles (pycytominer ``aggregate`` conventions).
+
+A well's profile is the median (and/or mean) of each per-cell feature over all its cells,
+both sites together, plus ``Metadata_CellCount``. With one operation the feature columns
+keep their names; with several, each gets the operation as a suffix (``..._median``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+WELL_KEYS = ("Metadata_Experiment", "Metadata_Plate", "Metadata_Well")
+OPERATIONS = ("median", "mean")
+
+
+def aggregate_wells(
+    cells: pd.DataFrame,
+    *,
+    operations: Sequence[str] = ("median",),
+    keys: Sequence[str] = WELL_KEYS,
+    wells: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per well of ``cells`` (or per row of ``wells``: wells without cells get
+    ``Metadata_CellCount`` 0 and NaN features). Features: every non-``Metadata_`` column."""
+    bad = [op for op in operations if op not in OPERATIONS]
+    if bad or not operations:
+        raise ValueError(f"aggregation operations must be some of {OPERATIONS}, got {list(operations)}")
+    keys = list(keys)
+    missing = [k for k in keys if k not in cells.columns]
+    if missing:
+        raise ValueError(f"per-cell table lacks key column(s) {missing}")
+    features = [c for c in cells.columns if not c.startswith("Metadata_")]
+    grouped = cells.groupby(keys, sort=True)
+    parts = []
+    for op in operations:
+        agg = grouped[features].agg(op).astype(np.float32)
+        if len(operations) > 1:
+            agg.columns = [f"{c}_{op}" for c in agg.columns]
+        parts.append(agg)
+    profiles = pd.concat(parts, axis=1) if parts else pd.DataFrame(index=grouped.size().index)
+    profiles.insert(0, "Metadata_CellCount", grouped.size().astype(np.int64))
+    if wells is not None:
+        index = pd.MultiIndex.from_frame(wells[keys].drop_duplicates())
+        profiles = profiles.reindex(index.union(profiles.index, sort=True))
+        profiles["Metadata_CellCount"] = profiles["Metadata_CellCount"].fillna(0).astype(np.int64)
+    return profiles.reset_index()

@@ -1,0 +1,40 @@
+"""Cells to wells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellfeat.aggregate import aggregate_wells
+
+
+def _cells():
+    return pd.DataFrame(
+        {
+            "Metadata_Experiment": ["E-01"] * 5,
+            "Metadata_Plate": [1, 1, 1, 1, 2],
+            "Metadata_Well": ["B02", "B02", "B02", "C03", "B02"],
+            "Metadata_Site": [1, 1, 2, 1, 1],
+            "Cells_AreaShape_Area": np.array([10, 20, 90, 5, 7], np.float32),
+        }
+    )
+
+
+def test_median_over_both_sites_and_cell_count():
+    wells = aggregate_wells(_cells())
+    assert wells.columns.tolist() == ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Metadata_CellCount", "Cells_AreaShape_Area"]
+    b02 = wells[(wells.Metadata_Plate == 1) & (wells.Metadata_Well == "B02")].iloc[0]
+    assert b02.Metadata_CellCount == 3 and b02.Cells_AreaShape_Area == 20.0  # median of 10, 20, 90
+    assert wells.Cells_AreaShape_Area.dtype == np.float32
+
+
+def test_several_operations_and_empty_wells():
+    listed = pd.DataFrame({"Metadata_Experiment": ["E-01"], "Metadata_Plate": [1], "Metadata_Well": ["D04"]})
+    wells = aggregate_wells(_cells(), operations=("median", "mean"), wells=listed)
+    assert {"Cells_AreaShape_Area_median", "Cells_AreaShape_Area_mean"} <= set(wells.columns)
+    d04 = wells[wells.Metadata_Well == "D04"].iloc[0]
+    assert d04.Metadata_CellCount == 0 and np.isnan(d04.Cells_AreaShape_Area_mean)
+    assert wells.loc[wells.Metadata_Well == "C03", "Cells_AreaShape_Area_mean"].item() == 5.0
+    with pytest.raises(ValueError, match="operations"):
+        aggregate_wells(_cells(), operations=("max",))
