@@ -55,7 +55,7 @@ class SirnaClassifier:
 
     Parameters are keyword-only and stored verbatim; all work happens in :meth:`fit`.
     Fitted attributes end in ``_``: ``classes_`` (siRNA ids seen in training, sorted),
-    ``models_`` ({group: LGBMClassifier}), ``gate_`` (the group model or None),
+    ``models_`` ({group: (LGBMClassifier, its siRNA ids)}), ``gate_`` ((model, group ids) or None),
     ``best_iterations_``.
     """
 
@@ -105,23 +105,32 @@ class SirnaClassifier:
             max_bin=self.max_bin,
             n_jobs=self.n_jobs,
             random_state=self.random_state,
+            deterministic=True,  # same data, same model, whatever the thread count
+            force_col_wise=True,
             verbose=-1,
         )
 
     def _fit_one(self, name, X, y, eval_set):
+        """One LightGBM model; returns (model, classes) with labels encoded as 0..k-1 here.
+
+        LightGBM 4.7's ``eval_X/eval_y`` path does not label-encode ``eval_y``: raw siRNA ids
+        became out-of-range class indices and gave garbage (negative) validation log loss and
+        run-to-run differences. Encoding both ourselves works the same on every version.
+        """
         from lightgbm import early_stopping
 
-        n_classes = len(np.unique(y))
-        model = _lgbm(self._params(), n_classes)
+        classes = np.unique(y)
+        model = _lgbm(self._params(), len(classes))
         callbacks = [_progress_callback(name, self.log_period, self.log_sink)]
         kwargs = {}
-        if eval_set is not None and len(eval_set[1]) and np.isin(eval_set[1], np.unique(y)).all():
-            kwargs = _eval_kwargs(model, eval_set)
-            kwargs["eval_metric"] = "multi_error" if n_classes > 2 else "binary_error"
+        if eval_set is not None and len(eval_set[1]) and np.isin(eval_set[1], classes).all():
+            # Early stopping on the objective's own log loss: the probabilities are what plate
+            # assignment uses.
+            kwargs = _eval_kwargs(model, (eval_set[0], np.searchsorted(classes, eval_set[1])))
             if self.early_stopping_rounds:
                 callbacks.append(early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False))
-        model.fit(X, y, callbacks=callbacks, **kwargs)
-        return model
+        model.fit(X, np.searchsorted(classes, y), callbacks=callbacks, **kwargs)
+        return model, classes
 
     def fit(
         self,
@@ -169,7 +178,7 @@ class SirnaClassifier:
                     vr = g_eval[1] == k
                     ev = (eval_set[0][vr], eval_set[1][vr])
                 self.models_[int(k)] = self._fit_one(f"group {k}", X[rows], y[rows], ev)
-        for k, m in self.models_.items():
+        for k, (m, _) in self.models_.items():
             self.best_iterations_[k] = int(m.best_iteration_ or m.n_estimators)
         self.n_features_in_ = X.shape[1]
         return self
@@ -181,12 +190,12 @@ class SirnaClassifier:
             raise ValueError(f"X has {X.shape[1]} features, the model was fitted on {self.n_features_in_}")
         proba = np.zeros((len(X), len(self.classes_)), np.float64)
         col = {c: i for i, c in enumerate(self.classes_)}
-        gate = self.gate_.predict_proba(X) if self.gate_ is not None else None
-        gate_col = {c: i for i, c in enumerate(self.gate_.classes_)} if self.gate_ is not None else {}
-        for k, model in self.models_.items():
+        gate = self.gate_[0].predict_proba(X) if self.gate_ is not None else None
+        gate_col = {c: i for i, c in enumerate(self.gate_[1])} if self.gate_ is not None else {}
+        for k, (model, classes) in self.models_.items():
             p = model.predict_proba(X)
             weight = gate[:, gate_col[k]][:, None] if gate is not None else 1.0
-            proba[:, [col[c] for c in model.classes_]] = p * weight
+            proba[:, [col[c] for c in classes]] = p * weight
         proba /= proba.sum(axis=1, keepdims=True)
         return proba
 

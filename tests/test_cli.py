@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -11,7 +13,9 @@ from pipelines.cli import main
 
 
 def test_help_lists_the_commands():
-    out = subprocess.run(["cellfeat", "--help"], capture_output=True, text=True, check=True).stdout
+    # the console script pip installed beside this interpreter (the venv need not be activated)
+    exe = Path(sys.executable).parent / "cellfeat"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
     assert "synth" in out and "show" in out
 
 
