@@ -15,6 +15,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipelines.synth", "write a synthetic RxRx1-like dataset with known answers"),
     "show": ("pipelines.show", "render one 6-channel site as an RGB composite PNG"),
+    "segment": ("pipelines.segment", "segment sites into nuclei, cells and cytoplasm label images (classical or Cellpose)"),
+    "fit": ("pipelines.fit", "normalize well profiles per plate and train the siRNA classifier, validated across experiments"),
+    "submit": ("pipelines.submit", "per-well siRNA probabilities -> Kaggle submission, with plate-group assignment"),
 }
 
 
@@ -48,7 +51,48 @@ def _add_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="PNG file to write")
 
 
-ADDERS = {"synth": _add_synth, "show": _add_show}
+def _add_fit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wells", required=True, help="folder of per-well tables (OUT/wells from cellfeat extract) or one parquet file")
+    p.add_argument("--metadata", required=True, help="RxRx1 metadata folder or CSV: labels and siRNA groups")
+    p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml ([fit] tables)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--folds", type=int, help="cross-validation folds grouped by experiment (default from config; 0 = none)")
+    p.add_argument("--per-cell-type", action="store_true", help="one model per cell type")
+
+
+def _add_submit(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", help="table (Parquet, or .csv) with id_code and sirna_0..sirna_1107, one row per test well")
+    source.add_argument("--model", help="fitted model folder (needs the fit stage); use with --wells")
+    p.add_argument("--wells", help="per-well feature tables of the test wells, with --model")
+    p.add_argument("--metadata", required=True, help="RxRx1 metadata folder: siRNA groups from train, wells and order from test")
+    p.add_argument("--out", required=True, help="submission CSV to write (id_code,sirna)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--no-assign", action="store_true", help="write the plain argmax, without plate groups or assignment")
+    mode.add_argument("--mask-only", action="store_true",
+                      help="infer plate groups and take each well's best siRNA of its group, without the once-per-plate "
+                           "assignment (better for weak models, top-1 below ~20%%: scripts/simulate_assignment.py)")
+    p.add_argument("--min-margin", type=float, default=5.0,
+                   help="warn when an experiment's best plate-group map beats the runner-up by fewer nats (default 5)")
+    p.add_argument("--strict", action="store_true", help="make a margin below --min-margin an error instead of a warning")
+
+
+def _add_segment(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="folder holding train/ and test/ (Kaggle) or images/ (rxrx.ai)")
+    p.add_argument("--experiment", help="experiment to segment, e.g. HUVEC-01")
+    p.add_argument("--plate", type=int, help="only this plate")
+    p.add_argument("--well", help="only this well, e.g. B02")
+    p.add_argument("--site", type=int, help="only this site")
+    p.add_argument("--image", help="instead: one grey image file (PNG/TIFF), nuclei only")
+    p.add_argument("--diameter", type=float, help="with --image: nucleus diameter in pixels (default from config)")
+    p.add_argument("--out", required=True, help="folder for {experiment}/Plate{p}/{well}_s{site}_labels.npz")
+    p.add_argument("--segmenter", choices=["classical", "cellpose", "auto"],
+                   help="classical (no weights), cellpose (needs weights on disk) or auto (default from config: auto)")
+    p.add_argument("--overlay", action="store_true", help="also write a composite PNG with the outlines")
+    p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml ([segment] tables)")
+
+
+ADDERS = {"synth": _add_synth, "show": _add_show, "segment": _add_segment, "fit": _add_fit, "submit": _add_submit}
 
 
 def get_arg_parser() -> argparse.ArgumentParser:
