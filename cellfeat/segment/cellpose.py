@@ -1,0 +1,262 @@
+"""Cellpose segmentation through cellpose's own Python API, batched, weights found offline.
+
+Two models run on each batch of sites: a nucleus model on the nuclear channel and a cell
+model on (cytoplasm signal, nuclear channel); :func:`cellfeat.segment.objects.pair_objects`
+then gives cells and nuclei one numbering. Cellpose 3.x uses the ``nuclei`` and ``cyto3``
+models; Cellpose 4.x has one model, ``cpsam``, used for both.
+
+Weights are never downloaded from here: a built-in model name is looked up as a file in
+cellpose's model folder (``$CELLPOSE_LOCAL_MODELS_PATH``, else ``~/.cellpose/models``, the
+same rule as ``cellpose.models.MODEL_DIR``) or in an explicit ``models_dir``; a path is used
+as is. A missing file raises :class:`WeightsNotFoundError` *before* cellpose is called,
+naming the file, where it looked and how to provide it. cellpose itself is imported only
+when a :class:`CellposeSegmenter` is built; it is an optional extra (``cellfeat[cellpose]``).
+
+Batching is real: all sites of a batch go to one ``model.eval`` call as an ``(N, H, W, 2)``
+stack (``z_axis=0``, planes segmented independently), so that the network sees
+``batch_size`` tiles per forward pass across sites. (Passing a Python list would make
+cellpose loop over the images one by one.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from cellfeat.segment.classical import check_plane, cytoplasm_signal
+from cellfeat.segment.objects import Segmentation, empty, pair_objects
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'cellfeat[cellpose]'"
+# built-in model name -> weight file name in cellpose's model folder, per cellpose major version
+WEIGHT_FILES = {
+    3: {"nuclei": "nucleitorch_0", "cyto3": "cyto3", "cyto2": "cyto2torch_0", "cyto": "cytotorch_0"},
+    4: {"cpsam": "cpsam"},
+}
+DEFAULT_MODELS = {3: ("nuclei", "cyto3"), 4: ("cpsam", "cpsam")}
+WEIGHT_URLS = {3: "https://www.cellpose.org/models/{file}", 4: "https://huggingface.co/mouseland/cellpose-sam/resolve/main/{file}"}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A Cellpose weight file is not on disk (and will not be downloaded)."""
+
+
+def cellpose_major() -> int | None:
+    """Major version of the installed cellpose, or ``None`` where it is not installed."""
+    try:
+        return int(metadata.version("cellpose").split(".")[0])
+    except metadata.PackageNotFoundError:
+        return None
+    except ValueError:  # an odd version string: assume the API of the newest supported
+        return 4
+
+
+def default_models_dir() -> Path:
+    """cellpose's own cache folder: ``$CELLPOSE_LOCAL_MODELS_PATH`` or ``~/.cellpose/models``."""
+    env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
+    return Path(env) if env else Path.home() / ".cellpose" / "models"
+
+
+def resolve_weights(model: str | os.PathLike, *, models_dir: str | os.PathLike | None = None, major: int | None = None) -> Path:
+    """The weight file for ``model`` (a built-in name or a path), or a clear error.
+
+    Never downloads. ``major`` is the cellpose major version (default: the installed one).
+    """
+    major = cellpose_major() if major is None else major
+    names = WEIGHT_FILES.get(major or 3, WEIGHT_FILES[3])
+    folder = Path(models_dir) if models_dir else default_models_dir()
+    name = str(model)
+    if name in names:
+        file = folder / names[name]
+        if file.is_file():
+            return file
+        url = WEIGHT_URLS.get(major or 3, WEIGHT_URLS[3]).format(file=names[name])
+        raise WeightsNotFoundError(
+            f"Cellpose weights for model {name!r} not found: {file} does not exist "
+            f"(looked in {folder}, "
+            + ("the config's models_dir" if models_dir else "$CELLPOSE_LOCAL_MODELS_PATH or ~/.cellpose/models")
+            + "). cellfeat never downloads weights. To provide them: on a machine with internet access "
+            f"download {url} (or run cellpose once there) and copy the file {names[name]!r} into {folder}; "
+            f"or set CELLPOSE_LOCAL_MODELS_PATH to a folder that holds it; or set "
+            f"[segment.cellpose] models_dir, or nuclei_model/cell_model to the file's full path, in the config. "
+            f"Or run with --segmenter classical."
+        )
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    known = ", ".join(sorted(names))
+    raise WeightsNotFoundError(
+        f"Cellpose model {name!r} is neither a built-in model name of cellpose {major or 3}.x ({known}) "
+        f"nor an existing weight file (no file at {path.resolve()}). Give a built-in name or the full "
+        f"path of a trained model file."
+    )
+
+
+def weights_available(nuclei_model: str, cell_model: str, *, models_dir: str | os.PathLike | None = None) -> bool:
+    """True when cellpose is installed and both weight files are on disk (for ``--segmenter auto``)."""
+    if cellpose_major() is None:
+        return False
+    try:
+        resolve_weights(nuclei_model, models_dir=models_dir)
+        resolve_weights(cell_model, models_dir=models_dir)
+    except WeightsNotFoundError:
+        return False
+    return True
+
+
+def _import_models():
+    try:
+        from cellpose import models
+    except ImportError as exc:
+        raise ImportError(
+            f"the Cellpose segmenter needs the optional package cellpose ({exc}); install it with "
+            f"{INSTALL_HINT}, or run with --segmenter classical"
+        ) from exc
+    return models
+
+
+class _QuietPlanes(logging.Filter):
+    """Hide cellpose's warning that a stack is segmented plane by plane: that is the intent."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "masks are made per plane only" not in record.getMessage()
+
+
+class CellposeSegmenter:
+    """Nuclei + cells of ``(C, H, W)`` sites with two Cellpose models, in batches.
+
+    Parameters are stored verbatim; the networks are loaded once, at construction.
+    ``nuclei_model`` / ``cell_model``: built-in names (3.x: ``"nuclei"``, ``"cyto3"``; 4.x:
+    ``"cpsam"``) or weight-file paths; ``None`` picks the defaults of the installed version.
+    ``gpu=None`` uses a GPU when torch sees one. ``batch_size`` is cellpose's number of
+    224x224 tiles per forward pass. ``cell_channels`` are 0-based site indices averaged
+    (after per-channel normalisation) into the cytoplasm input.
+    """
+
+    def __init__(
+        self,
+        *,
+        nuclei_model: str | os.PathLike | None = None,
+        cell_model: str | os.PathLike | None = None,
+        models_dir: str | os.PathLike | None = None,
+        gpu: bool | None = None,
+        batch_size: int = 8,
+        nuclei_channel: int = 0,
+        cell_channels: Sequence[int] = (1, 2, 5),
+        flow_threshold: float = 0.4,
+        cellprob_threshold: float = 0.0,
+        min_overlap: float = 0.5,
+    ):
+        self.nuclei_model = nuclei_model
+        self.cell_model = cell_model
+        self.models_dir = models_dir
+        self.gpu = gpu
+        self.batch_size = batch_size
+        self.nuclei_channel = nuclei_channel
+        self.cell_channels = tuple(cell_channels)
+        self.flow_threshold = flow_threshold
+        self.cellprob_threshold = cellprob_threshold
+        self.min_overlap = min_overlap
+
+        self.major_ = cellpose_major()
+        if self.major_ is None:
+            _import_models()  # raises the install hint
+        defaults = DEFAULT_MODELS.get(self.major_, DEFAULT_MODELS[4])
+        # check both files before cellpose is touched, so that it never tries to download
+        self.nuclei_weights_ = resolve_weights(nuclei_model or defaults[0], models_dir=models_dir, major=self.major_)
+        self.cell_weights_ = resolve_weights(cell_model or defaults[1], models_dir=models_dir, major=self.major_)
+        models = _import_models()
+        import torch
+
+        use_gpu = torch.cuda.is_available() if gpu is None else bool(gpu)
+        if use_gpu and not torch.cuda.is_available():
+            raise ValueError("gpu=True but torch sees no CUDA device; set gpu to false or auto")
+        self.device_ = "cuda" if use_gpu else "cpu"
+        self.nuclei_net_ = models.CellposeModel(gpu=use_gpu, pretrained_model=str(self.nuclei_weights_))
+        if self.cell_weights_ == self.nuclei_weights_:
+            self.cell_net_ = self.nuclei_net_
+        else:
+            self.cell_net_ = models.CellposeModel(gpu=use_gpu, pretrained_model=str(self.cell_weights_))
+        log.info("Cellpose %s.x on %s: nuclei %s, cells %s", self.major_, self.device_, self.nuclei_weights_, self.cell_weights_)
+
+    def _stack(self, sites: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, H, W)`` nuclear and cytoplasm planes, checked."""
+        if len(sites) == 0:
+            raise ValueError("no sites to segment")
+        shapes = {np.shape(s) for s in sites}
+        if len(shapes) > 1:
+            raise ValueError(f"sites of one batch must have one shape; got {sorted(shapes)}")
+        site0 = np.asarray(sites[0])
+        if site0.ndim != 3 or not 0 <= self.nuclei_channel < site0.shape[0]:
+            raise ValueError(f"expected (C, H, W) sites holding channel index {self.nuclei_channel}; got shape {site0.shape}")
+        nuclear = np.stack([check_plane(np.asarray(s)[self.nuclei_channel], "nuclear channel") for s in sites])
+        cyto = np.stack([cytoplasm_signal(np.asarray(s), self.cell_channels) for s in sites])
+        return nuclear, cyto
+
+    def _eval(self, net, planes: np.ndarray, diameter: float, *, with_nuclei: bool) -> np.ndarray:
+        """One ``net.eval`` call on an ``(N, H, W, 2)`` stack -> ``(N, H, W)`` labels.
+
+        ``with_nuclei``: the second channel holds the nuclear stain (else it is zeros).
+        """
+        n = planes.shape[0]
+        kwargs = dict(
+            batch_size=self.batch_size,
+            diameter=float(diameter),
+            flow_threshold=self.flow_threshold,
+            cellprob_threshold=self.cellprob_threshold,
+            normalize={"normalize": True, "norm3D": False},
+            channel_axis=-1,
+            do_3D=False,
+            stitch_threshold=0.0,
+        )
+        if self.major_ == 3:
+            kwargs["channels"] = [1, 2] if with_nuclei else [1, 0]  # 1 = segment, 2 = nuclear stain, 0 = none
+        else:  # 4.x takes the first three channels as they are
+            planes = np.concatenate([planes, np.zeros_like(planes[..., :1])], axis=-1)
+        quiet = _QuietPlanes()
+        cp_log = logging.getLogger("cellpose.models")
+        cp_log.addFilter(quiet)
+        try:
+            if n == 1:  # a 1-plane stack would be squeezed by cellpose: give it the plane
+                masks = net.eval(planes[0], z_axis=None, **kwargs)[0][None]
+            else:
+                masks = net.eval(planes, z_axis=0, **kwargs)[0]
+        finally:
+            cp_log.removeFilter(quiet)
+        return np.asarray(masks).reshape(planes.shape[:3])
+
+    def segment_batch(
+        self,
+        sites: Sequence[np.ndarray],
+        *,
+        diameter: tuple[float, float],
+        drop_border: bool = False,
+    ) -> list[Segmentation]:
+        """Segment ``(C, H, W)`` sites of one shape; ``diameter`` = (nucleus, cell) in pixels.
+
+        One ``eval`` call per model for the whole batch. A site whose nuclear channel is
+        constant gets an empty :class:`Segmentation`.
+        """
+        nuc_diameter, cell_diameter = diameter
+        if nuc_diameter <= 0 or cell_diameter <= 0:
+            raise ValueError(f"diameters must be > 0 px, got nucleus {nuc_diameter}, cell {cell_diameter}")
+        nuclear, cyto = self._stack(sites)
+        flat = nuclear.reshape(len(nuclear), -1)
+        live = np.flatnonzero(flat.max(axis=1) > flat.min(axis=1))
+        results: list[Segmentation | None] = [None] * len(sites)
+        if live.size:
+            zeros = np.zeros_like(nuclear[live])
+            nuc_masks = self._eval(self.nuclei_net_, np.stack([nuclear[live], zeros], axis=-1), nuc_diameter, with_nuclei=False)
+            cell_masks = self._eval(
+                self.cell_net_, np.stack([cyto[live], nuclear[live]], axis=-1), cell_diameter, with_nuclei=True
+            )
+            for i, nuc, cell in zip(live, nuc_masks, cell_masks):
+                seg = pair_objects(nuc, cell, min_overlap=self.min_overlap)
+                results[i] = seg.drop_border() if drop_border else seg
+        return [r if r is not None else empty(nuclear.shape[1:]) for r in results]
