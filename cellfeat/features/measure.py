@@ -1,0 +1,104 @@
+"""One site's compartments x channels x families -> one per-object feature table.
+
+The thin loop over :data:`cellfeat.features.registry.FAMILIES` that names the columns
+``{Compartment}_{key}`` with the key's ``{image}`` filled in by the channel (or ``w1_w2`` for a
+channel pair), e.g. ``Nuclei_AreaShape_Area``, ``Cells_Intensity_MeanIntensity_w2``,
+``Cytoplasm_Correlation_Costes_w1_w2``. No maths lives here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cellfeat.features.registry import FAMILIES, Inputs, get_family
+
+# CellProfiler pipelines usually run MeasureObjectNeighbors on these objects only.
+NEIGHBOR_COMPARTMENTS = ("Nuclei", "Cells")
+OBJECT_NUMBER = "Metadata_ObjectNumber"
+
+
+def _load_families(names: Sequence[str] | None) -> list[tuple[str, Inputs, object]]:
+    explicit = names is not None
+    names = list(FAMILIES) if names is None else list(names)
+    loaded = []
+    for name in names:
+        family = get_family(name)
+        try:
+            function = family.load()
+        except ImportError as exc:
+            hint = (
+                f"pass families=[...] without {name!r} to measure the others"
+                if not explicit
+                else f"drop {name!r} from families=[...]"
+            )
+            raise ImportError(f"feature family {name!r} ({family.module}) cannot be imported: {exc}; {hint}") from exc
+        loaded.append((name, family.inputs, function))
+    return loaded
+
+
+def _padded(values: np.ndarray, n_rows: int) -> np.ndarray:
+    out = np.full(n_rows, np.nan, np.float32)
+    out[: len(values)] = values
+    return out
+
+
+def measure_objects(
+    masks: Mapping[str, np.ndarray],
+    pixels: np.ndarray,
+    channels: Sequence[str],
+    *,
+    families: Sequence[str] | None = None,
+    options: Mapping[str, Mapping] | None = None,
+) -> pd.DataFrame:
+    """Measure every family on every compartment of one site.
+
+    ``masks`` maps compartment names (``"Nuclei"``, ``"Cells"``, ``"Cytoplasm"``) to label
+    images that share object numbers; ``pixels`` is ``(C, H, W)`` and ``channels`` names its
+    planes. ``families`` selects registry families (default: all; a family whose module cannot
+    be imported is an error unless left out here). ``options`` maps a family name to keyword
+    arguments of its function, e.g. ``{"Neighbors": {"method": "Expanded"}}``.
+
+    Returns one row per object number ``1..max`` over the compartments: ``Metadata_ObjectNumber``
+    then float32 feature columns; an object missing from a compartment has NaN there.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3:
+        raise ValueError(f"pixels must be (C, H, W), got shape {pixels.shape}")
+    channels = list(channels)
+    if len(channels) != pixels.shape[0]:
+        raise ValueError(f"{len(channels)} channel names for {pixels.shape[0]} planes; give one name per plane")
+    for name, labels in masks.items():
+        if np.shape(labels) != pixels.shape[1:]:
+            raise ValueError(f"mask {name!r} has shape {np.shape(labels)}, pixels {pixels.shape[1:]}; they must match")
+    options = dict(options or {})
+    unknown = set(options) - set(FAMILIES)
+    if unknown:
+        raise KeyError(f"options for unknown families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+    loaded = _load_families(families)
+
+    n_rows = max((int(np.max(m)) if np.size(m) else 0 for m in masks.values()), default=0)
+    columns: dict[str, np.ndarray] = {OBJECT_NUMBER: np.arange(1, n_rows + 1, dtype=np.int64)}
+    pairs = list(itertools.combinations(range(len(channels)), 2))
+    for compartment, labels in masks.items():
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+        for name, inputs, function in loaded:
+            kwargs = dict(options.get(name, {}))
+            if inputs is Inputs.OBJECTS:
+                if name == "Neighbors" and compartment not in NEIGHBOR_COMPARTMENTS:
+                    continue
+                for key, values in function(labels, None, **kwargs).items():
+                    columns[f"{compartment}_{key}"] = _padded(values, n_rows)
+            elif inputs is Inputs.CHANNEL:
+                for c, channel in enumerate(channels):
+                    for key, values in function(labels, pixels[c], **kwargs).items():
+                        columns[f"{compartment}_{key.format(image=channel)}"] = _padded(values, n_rows)
+            else:
+                for i, j in pairs:
+                    image = f"{channels[i]}_{channels[j]}"
+                    for key, values in function(labels, pixels[[i, j]], **kwargs).items():
+                        columns[f"{compartment}_{key.format(image=image)}"] = _padded(values, n_rows)
+    return pd.DataFrame(columns)

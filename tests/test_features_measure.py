@@ -1,0 +1,139 @@
+"""The orchestrator: column names, rows, dtypes, family selection."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from cellfeat.features import registry
+from cellfeat.features.measure import OBJECT_NUMBER, measure_objects
+
+OURS = ["AreaShape", "Intensity", "Neighbors"]
+
+
+def site():
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:10, 2:10] = 1
+    labels[10:18, 2:10] = 2  # touches 1
+    labels[25:35, 20:38] = 4  # object 3 missing from this compartment
+    cells = np.where(labels > 0, labels, 0)
+    cells[20:22, 0:3] = 3
+    nuclei = np.where(labels > 0, labels, 0)
+    pixels = np.random.default_rng(0).random((2, 40, 40)).astype(np.float32)
+    return {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": cells * (nuclei == 0)}, pixels
+
+
+def test_columns_rows_and_dtypes():
+    masks, pixels = site()
+    table = measure_objects(masks, pixels, ["w1", "w2"], families=OURS)
+    assert table.columns[0] == OBJECT_NUMBER
+    assert table[OBJECT_NUMBER].tolist() == [1, 2, 3, 4]
+    features = table.columns[1:]
+    assert all(table[c].dtype == np.float32 for c in features)
+    for column in (
+        "Nuclei_AreaShape_Area",
+        "Cells_Intensity_MeanIntensity_w2",
+        "Cytoplasm_Location_CenterMassIntensity_X_w1",
+        "Nuclei_Neighbors_NumberOfNeighbors_Adjacent",
+        "Cells_Neighbors_PercentTouching_Adjacent",
+    ):
+        assert column in table.columns, column
+    assert not any(c.startswith("Cytoplasm_Neighbors") for c in features)  # as CellProfiler usually runs it
+    assert np.isnan(table.loc[2, "Nuclei_AreaShape_Area"])  # object 3 has no nucleus
+    assert table.loc[2, "Cells_AreaShape_Area"] == 6
+    assert table.loc[0, "Nuclei_Neighbors_NumberOfNeighbors_Adjacent"] == 1
+    np.testing.assert_allclose(
+        table["Cells_Intensity_MeanIntensity_w2"].iloc[0], pixels[1][masks["Cells"] == 1].mean(), rtol=1e-6
+    )
+
+
+def test_options_are_passed_to_the_family():
+    masks, pixels = site()
+    table = measure_objects(masks, pixels, ["w1", "w2"], families=["Neighbors"], options={"Neighbors": {"method": 3}})
+    assert "Cells_Neighbors_NumberOfNeighbors_3" in table.columns
+    with pytest.raises(KeyError, match="unknown families"):
+        measure_objects(masks, pixels, ["w1", "w2"], families=OURS, options={"Nope": {}})
+
+
+def test_pair_families_cover_channel_pairs(monkeypatch):
+    module = types.ModuleType("fake_pair_family")
+
+    def pair(labels, pixels):
+        assert pixels.shape[0] == 2
+        return {"Correlation_Fake_{image}": np.full(labels.max(), pixels[0].mean())}
+
+    module.pair = pair
+    monkeypatch.setitem(sys.modules, "fake_pair_family", module)
+    monkeypatch.setitem(registry.FAMILIES, "Fake", registry.Family("Fake", "fake_pair_family", "pair", registry.Inputs.PAIR))
+    masks, pixels = site()
+    pixels = np.concatenate([pixels, pixels[:1]])
+    table = measure_objects(masks, pixels, ["w1", "w2", "w3"], families=["Fake"])
+    expected = {f"{c}_Correlation_Fake_{p}" for c in masks for p in ("w1_w2", "w1_w3", "w2_w3")}
+    assert set(table.columns[1:]) == expected
+
+
+def test_a_missing_family_module_is_an_error_naming_the_fix(monkeypatch):
+    monkeypatch.setitem(
+        registry.FAMILIES, "Ghost", registry.Family("Ghost", "cellfeat.features._no_such_module", "f", registry.Inputs.CHANNEL)
+    )
+    masks, pixels = site()
+    with pytest.raises(ImportError, match="drop 'Ghost'"):
+        measure_objects(masks, pixels, ["w1", "w2"], families=["Ghost"])
+    with pytest.raises(ImportError, match=r"pass families=\[...\] without '\w+'"):  # the first missing one
+        measure_objects(masks, pixels, ["w1", "w2"])
+
+
+def test_bad_inputs_say_what_was_expected():
+    masks, pixels = site()
+    with pytest.raises(ValueError, match="one name per plane"):
+        measure_objects(masks, pixels, ["w1"], families=OURS)
+    with pytest.raises(ValueError, match="must match"):
+        measure_objects({"Nuclei": np.zeros((3, 3), np.int32)}, pixels, ["w1", "w2"], families=OURS)
+
+
+def test_empty_site_gives_an_empty_table():
+    pixels = np.zeros((2, 16, 16), np.float32)
+    table = measure_objects({"Nuclei": np.zeros((16, 16), np.int32)}, pixels, ["w1", "w2"], families=OURS)
+    assert len(table) == 0 and "Nuclei_AreaShape_Area" in table.columns
+
+
+# --------------------------------------------------------------------------- shared primitives
+
+
+def test_primitives_match_their_numpy_references():
+    from centrosome.outline import outline
+    from skimage.segmentation import find_boundaries
+
+    from cellfeat.features import primitives as P
+
+    masks, _ = site()
+    labels = masks["Cells"]
+    n = int(labels.max())
+    order, offsets = P.flatten_labels(labels, n)
+    flat = labels.ravel()
+    ref = np.flatnonzero(flat)[np.argsort(flat[flat > 0], kind="stable")]
+    np.testing.assert_array_equal(order, ref)
+    np.testing.assert_array_equal(np.diff(offsets), np.bincount(flat, minlength=n + 1)[1:])
+    o2, off2, rows, cols = P.flatten_coords(labels, n)
+    np.testing.assert_array_equal(o2, order)
+    np.testing.assert_array_equal(rows * labels.shape[1] + cols, order)
+    np.testing.assert_array_equal(P.inner_boundary(labels), find_boundaries(labels, mode="inner") * labels)
+    np.testing.assert_array_equal(P.outline8(labels), outline(labels))
+    bb = P.coord_bboxes(off2, rows, cols)
+    np.testing.assert_array_equal(np.column_stack(bb), np.column_stack(P.label_bboxes(order, offsets, labels.shape[1])))
+
+
+def test_layout_cache_sees_in_place_edits():
+    from cellfeat.features.primitives import layout
+
+    masks, _ = site()
+    labels = masks["Nuclei"].copy()
+    first = layout(labels)
+    assert layout(labels.copy()) is first  # equal contents: reused
+    labels[30:32, 30:32] = 9  # the caller edits its array in place
+    second = layout(labels)
+    assert second is not first and second.n == 9
+    assert first.labels.max() == 4  # the cached layout kept its own copy
