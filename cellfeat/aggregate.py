@@ -40,10 +40,11 @@ def aggregate_wells(
         if len(operations) > 1:
             agg.columns = [f"{c}_{op}" for c in agg.columns]
         parts.append(agg)
-    profiles = pd.concat(parts, axis=1) if parts else pd.DataFrame(index=grouped.size().index)
-    profiles.insert(0, "Metadata_CellCount", grouped.size().astype(np.int64))
+    count = grouped.size().astype(np.int64).rename("Metadata_CellCount")
+    profiles = pd.concat([count, *parts], axis=1)  # one concat: thousands of inserts fragment the frame
     if wells is not None:
         index = pd.MultiIndex.from_frame(wells[keys].drop_duplicates())
         profiles = profiles.reindex(index.union(profiles.index, sort=True))
         profiles["Metadata_CellCount"] = profiles["Metadata_CellCount"].fillna(0).astype(np.int64)
-    return profiles.reset_index()
+    # reset_index() on thousands of columns inserts into a fragmented frame; concat once
+    return pd.concat([profiles.index.to_frame(index=False), profiles.reset_index(drop=True)], axis=1)

@@ -13,12 +13,22 @@ import sys
 
 # subcommand -> (pipeline module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipelines.demo", "run synth -> extract -> fit -> submit on a small synthetic dataset and score it"),
     "synth": ("pipelines.synth", "write a synthetic RxRx1-like dataset with known answers"),
     "show": ("pipelines.show", "render one 6-channel site as an RGB composite PNG"),
     "segment": ("pipelines.segment", "segment sites into nuclei, cells and cytoplasm label images (classical or Cellpose)"),
+    "extract": ("pipelines.extract", "images -> per-cell and per-well Parquet tables for one experiment (resumable batch job)"),
     "fit": ("pipelines.fit", "normalize well profiles per plate and train the siRNA classifier, validated across experiments"),
     "submit": ("pipelines.submit", "per-well siRNA probabilities -> Kaggle submission, with plate-group assignment"),
 }
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo-out", help="folder for data, tables, model, submissions (default demo-out)")
+    p.add_argument("--size", choices=["default", "tiny"], default="default", help="dataset size (tiny: for tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--embed", action="store_true", help="also compute CNN embeddings (slower)")
 
 
 def _add_synth(p: argparse.ArgumentParser) -> None:
@@ -37,6 +47,8 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=256, help="image side in pixels (RxRx1: 512; default 256)")
     p.add_argument("--metadata", help="RxRx1 metadata folder: take the real siRNA groups and plate layouts from it")
     p.add_argument("--masks", action="store_true", help="also write ground-truth nuclei/cell label images")
+    p.add_argument("--phenotype-strength", type=float, default=1.0, help="scale every siRNA effect (default 1)")
+    p.add_argument("--batch-strength", type=float, default=1.0, help="scale every batch effect; 0 = none (default 1)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
 
 
@@ -49,6 +61,21 @@ def _add_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metadata", help="metadata folder or CSV: check the well exists in it first")
     p.add_argument("--config", help="TOML config (default configs/rxrx1.toml)")
     p.add_argument("--out", required=True, help="PNG file to write")
+
+
+def _add_extract(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", required=True, help="folder holding train/ and test/ (Kaggle) or images/ (rxrx.ai)")
+    p.add_argument("--metadata", required=True, help="RxRx1 metadata folder or CSV: which wells the experiment has")
+    p.add_argument("--experiment", required=True, help="experiment to extract, e.g. HUVEC-01")
+    p.add_argument("--plates", help="comma-separated plates (default: all)")
+    p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml")
+    p.add_argument("--out", required=True, help="output folder: cells/, wells/, failures/")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run the units on the Dask scheduler at ADDRESS instead")
+    p.add_argument("--segmenter", choices=["classical", "cellpose", "auto"], help="default from config (auto)")
+    p.add_argument("--no-embed", action="store_true", help="skip the CNN embeddings")
+    p.add_argument("--skip-bad", action="store_true", help="record unreadable sites in failures/{experiment}.csv and go on")
+    p.add_argument("--overwrite", action="store_true", help="redo the selected plates even if finished")
 
 
 def _add_fit(p: argparse.ArgumentParser) -> None:
@@ -92,7 +119,7 @@ def _add_segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml ([segment] tables)")
 
 
-ADDERS = {"synth": _add_synth, "show": _add_show, "segment": _add_segment, "fit": _add_fit, "submit": _add_submit}
+ADDERS = {"demo": _add_demo, "synth": _add_synth, "show": _add_show, "segment": _add_segment, "extract": _add_extract, "fit": _add_fit, "submit": _add_submit}
 
 
 def get_arg_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,146 @@
+"""``cellfeat extract`` as users run it: tables, resuming after a kill, bad sites, pycytominer, Dask."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellfeat.synth import SynthSpec, generate
+from pipelines.cli import main
+from pipelines.tables import read_provenance
+
+FAST = """
+[features]
+families = ["AreaShape", "Intensity", "Correlation"]
+[extract]
+chunk_wells = 2
+embed = false
+"""
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extract")
+    spec = SynthSpec(train_experiments=("U2OS-01",), test_experiments=(), treatments_per_plate=5,
+                     positive_controls=1, sites=2, image_size=128, plates=(1, 2))  # fmt: skip
+    generate(spec, root / "data")
+    (root / "fast.toml").write_text(FAST)
+    return root
+
+
+def _argv(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["extract", "--data-root", str(root / "data"), "--metadata", str(root / "data"), "--experiment", "U2OS-01",
+            "--config", str(root / "fast.toml"), "--out", str(out), *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(dataset):
+    out = dataset / "reference"
+    assert main(_argv(dataset, out)) == 0
+    return out
+
+
+def test_tables_have_the_documented_schema(reference):
+    cells = pd.read_parquet(reference / "cells" / "U2OS-01" / "Plate1.parquet")
+    assert list(cells.columns[:6]) == ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Metadata_Site",
+                                       "Metadata_ObjectNumber", "Metadata_BorderObject"]  # fmt: skip
+    features = [c for c in cells.columns if not c.startswith("Metadata_")]
+    assert "Nuclei_AreaShape_Area" in features and "Cells_Intensity_MeanIntensity_w2" in features
+    assert "Cytoplasm_Correlation_Correlation_w1_w2" in features
+    assert all(cells[c].dtype == np.float32 for c in features)
+    assert not cells.duplicated(["Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"]).any()
+    assert set(cells.Metadata_Site) == {1, 2}
+
+    wells = pd.read_parquet(reference / "wells" / "U2OS-01.parquet")
+    assert len(wells) == 2 * (5 + 1 + 1)  # both plates, every well, both sites together
+    assert {"Metadata_CellCount", "Metadata_WellType", "Metadata_CellType", "Metadata_Sirna"} <= set(wells.columns)
+    per_well = cells.groupby(["Metadata_Plate", "Metadata_Well"]).size()
+    merged = wells.set_index(["Metadata_Plate", "Metadata_Well"])
+    assert (merged.loc[per_well.index, "Metadata_CellCount"] == per_well).all()
+    b02 = cells[(cells.Metadata_Plate == 1) & (cells.Metadata_Well == "B02")]
+    assert merged.loc[(1, "B02"), "Nuclei_AreaShape_Area"] == pytest.approx(b02.Nuclei_AreaShape_Area.median())
+    provenance = read_provenance(reference / "wells" / "U2OS-01.parquet")
+    assert provenance["segmenter"] == "classical" and provenance["config"]["features"]["families"][0] == "AreaShape"
+    assert "numpy" in provenance["versions"]
+    assert not list((reference / "cells" / "U2OS-01").glob(".*"))  # no parts or temporary files left
+
+
+def test_pycytominer_normalizes_the_well_table(reference):
+    pycytominer = pytest.importorskip("pycytominer")
+    wells = pd.read_parquet(reference / "wells" / "U2OS-01.parquet")
+    features = [c for c in wells.columns if not c.startswith("Metadata_")]
+    out = pycytominer.normalize(wells, features=features, meta_features="infer", method="mad_robustize",
+                                samples="Metadata_WellType == 'negative_control'")  # fmt: skip
+    assert out.shape == wells.shape and np.isfinite(out[features[0]]).all()
+
+
+def test_killed_run_resumes_and_gives_the_same_tables(dataset, reference, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *_argv(dataset, out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    parts = out / "cells" / "U2OS-01" / ".Plate1.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("*.cells.parquet")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = list(parts.glob("*.cells.parquet"))
+    assert finished, "the run was killed before it finished any unit"
+    assert not (out / "wells" / "U2OS-01.parquet").exists()
+    assert main(_argv(dataset, out)) == 0
+    got = pd.read_parquet(out / "wells" / "U2OS-01.parquet")
+    want = pd.read_parquet(reference / "wells" / "U2OS-01.parquet")
+    pd.testing.assert_frame_equal(got, want)
+    mtime = (out / "wells" / "U2OS-01.parquet").stat().st_mtime_ns
+    plate_mtime = (out / "cells" / "U2OS-01" / "Plate1.parquet").stat().st_mtime_ns
+    assert main(_argv(dataset, out)) == 0  # everything done: plates are skipped, not redone
+    assert (out / "cells" / "U2OS-01" / "Plate1.parquet").stat().st_mtime_ns == plate_mtime
+    assert main(_argv(dataset, out, "--plates", "1", "--overwrite")) == 0
+    assert (out / "cells" / "U2OS-01" / "Plate1.parquet").stat().st_mtime_ns != plate_mtime
+    assert (out / "wells" / "U2OS-01.parquet").stat().st_mtime_ns != mtime
+
+
+def test_bad_sites_fail_with_a_list_or_are_skipped_and_recorded(dataset, tmp_path, caplog):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset / "data", data)
+    plate = data / "train" / "U2OS-01" / "Plate2"
+    victim = sorted(plate.glob("*_s1_w3.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    missing = sorted(plate.glob("*_s2_w5.png"))[-1]
+    missing.unlink()
+    argv = ["extract", "--data-root", str(data), "--metadata", str(data), "--experiment", "U2OS-01",
+            "--config", str(dataset / "fast.toml"), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    assert missing.name in caplog.text and "--skip-bad" in caplog.text
+    assert main(argv + ["--skip-bad"]) == 0
+    failures = pd.read_csv(tmp_path / "out" / "failures" / "U2OS-01.csv")
+    assert len(failures) == 2 and set(failures.stage) == {"load"}
+    assert any(victim.name in e for e in failures.error) and any(missing.name in e for e in failures.error)
+    wells = pd.read_parquet(tmp_path / "out" / "wells" / "U2OS-01.parquet")
+    assert len(wells) == 14  # every well kept; the bad sites' wells have one site's cells
+
+
+def test_dask_local_cluster_gives_the_same_tables(dataset, reference, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert main(_argv(dataset, tmp_path / "out", "--dask", cluster.scheduler_address)) == 0
+    got = pd.read_parquet(tmp_path / "out" / "wells" / "U2OS-01.parquet")
+    pd.testing.assert_frame_equal(got, pd.read_parquet(reference / "wells" / "U2OS-01.parquet"))
+
+
+def test_unknown_experiment_is_a_clear_error(dataset, tmp_path, caplog):
+    argv = _argv(dataset, tmp_path / "out")
+    argv[argv.index("U2OS-01")] = "U2OS-09"
+    assert main(argv) == 2
+    assert "'U2OS-09' is not in the metadata" in caplog.text
