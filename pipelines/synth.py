@@ -28,6 +28,8 @@ def spec_from_args(args) -> SynthSpec:
         image_size=args.image_size,
         seed=args.seed,
         masks=args.masks,
+        phenotype_strength=args.phenotype_strength,
+        batch_strength=args.batch_strength,
     )
 
 
