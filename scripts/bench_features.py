@@ -171,6 +171,8 @@ def max_rel_error(masks, ours_res, cp_res) -> tuple[float, str, int, float]:
         present = np.flatnonzero(np.bincount(masks[comp].ravel())[1:]) if masks[comp].any() else np.zeros(0, int)
         for key, values in ours_dict.items():
             cp_key = key.replace("_{image}", "")
+            if cp_key not in cp_dict:  # cp_measure's texture keys carry no "Texture_" prefix
+                cp_key = cp_key.split("_", 1)[1]
             if cp_key not in cp_dict:
                 continue
             a = np.asarray(values, float)[present]
