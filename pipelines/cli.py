@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("pipelines.extract", "images -> per-cell and per-well Parquet tables for one experiment (resumable batch job)"),
     "fit": ("pipelines.fit", "normalize well profiles per plate and train the siRNA classifier, validated across experiments"),
     "submit": ("pipelines.submit", "per-well siRNA probabilities -> Kaggle submission, with plate-group assignment"),
+    "report": ("pipelines.report", "HTML page of QC figures (sites, plate maps, batch effects, controls, accuracy) from extract/fit outputs"),
 }
 
 
@@ -119,7 +120,17 @@ def _add_segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml ([segment] tables)")
 
 
-ADDERS = {"demo": _add_demo, "synth": _add_synth, "show": _add_show, "segment": _add_segment, "extract": _add_extract, "fit": _add_fit, "submit": _add_submit}
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="the folder cellfeat extract wrote (holding wells/ and cells/)")
+    p.add_argument("--experiment", help="only this experiment (default: every OUT/wells/*.parquet)")
+    p.add_argument("--model", metavar="MODEL_DIR", help="model folder of cellfeat fit: adds its validation accuracy (report.json)")
+    p.add_argument("--data-root", help="image folder extract read: adds sample sites, re-segmented with the recorded segmenter")
+    p.add_argument("--metadata", help="RxRx1 metadata folder or CSV: take well types and labels from it instead of the tables")
+    p.add_argument("--html", help="page to write, PNGs beside it (default OUT/report/index.html)")
+
+
+ADDERS = {"demo": _add_demo, "synth": _add_synth, "show": _add_show, "segment": _add_segment, "extract": _add_extract, "fit": _add_fit,
+          "submit": _add_submit, "report": _add_report}
 
 
 def get_arg_parser() -> argparse.ArgumentParser:

@@ -212,8 +212,9 @@ def run(args) -> int:
     report["n_features_used"] = len(model.normalizer.features_)
     report["seconds"] = round(time.perf_counter() - start, 1)
     report["versions"] = model.versions
-    (out / "report.json").write_text(json.dumps(report, indent=2))
     chance = 1.0 / max(train.loc[train["Metadata_WellType"] == "treatment", "Metadata_Sirna"].nunique(), 1)
+    report["chance"] = chance  # top-1 of a uniform guess over the training siRNAs
+    (out / "report.json").write_text(json.dumps(report, indent=2))
     text = format_report(report["cv_summary"], chance) if "cv_summary" in report else "no validation (fewer than 2 training experiments)"
     (out / "report.txt").write_text(text + "\n")
     log.info("validation across experiments (before plate assignment):\n%s", text)

@@ -47,3 +47,14 @@ def dsb_nuclei() -> tuple[Path, Path]:
     """(image, hand-drawn instance mask) of the real DSB2018 nuclei image."""
     root = _need(DSB)
     return root / "img2d.tif", root / "mask2d.tif"
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """One ``cellfeat demo --size tiny`` run (synth -> extract -> fit -> submit -> report, ~50 s
+    on 2 cores), shared by tests/test_demo.py and tests/test_report.py."""
+    from pipelines.cli import main
+
+    out = tmp_path_factory.mktemp("demo-tiny")
+    assert main(["demo", "--size", "tiny", "--out", str(out)]) == 0
+    return out
