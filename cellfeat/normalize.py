@@ -15,6 +15,7 @@ Methods (pycytominer's names):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -74,12 +75,17 @@ def normalize_plates(
                 f"normalized against its controls. Include its control wells in the well table "
                 f"(cellfeat extract processes them) or choose other control types in the config."
             )
-        if method == "mad_robustize":
-            center = np.nanmedian(ref, axis=0)
-            scale = MAD_TO_SD * np.nanmedian(np.abs(ref - center), axis=0)
-        else:
-            center = np.nanmean(ref, axis=0)
-            scale = np.nanstd(ref, axis=0)
+        # A feature missing in every control well of the plate (e.g. CellProfiler's
+        # NormalizedMoment_0_0, NaN by definition) stays NaN on the plate; numpy's
+        # "All-NaN slice" warning for it says nothing the NaN does not.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if method == "mad_robustize":
+                center = np.nanmedian(ref, axis=0)
+                scale = MAD_TO_SD * np.nanmedian(np.abs(ref - center), axis=0)
+            else:
+                center = np.nanmean(ref, axis=0)
+                scale = np.nanstd(ref, axis=0)
         result[index] = (values[index] - center) / (scale + eps)
     out[features] = result.astype(np.float32)
     return out
@@ -136,7 +142,9 @@ def select_features(
     values = sample.to_numpy(np.float64, copy=True)
     values[~np.isfinite(values)] = np.nan
     keep = np.isnan(values).mean(axis=0) <= max_missing
-    keep &= np.nan_to_num(np.nanstd(values, axis=0)) > min_std
+    with warnings.catch_warnings():  # all-NaN columns: std NaN -> 0 -> dropped, no warning needed
+        warnings.simplefilter("ignore", RuntimeWarning)
+        keep &= np.nan_to_num(np.nanstd(values, axis=0)) > min_std
     kept = [f for f, k in zip(features, keep) if k]
     if max_correlation >= 1.0 or len(kept) < 2:
         return kept
