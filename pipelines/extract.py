@@ -34,6 +34,11 @@ from pipelines.tables import concat_parquet, write_csv, write_parquet
 log = logging.getLogger(__name__)
 
 WELL_META = ["Metadata_IdCode", "Metadata_Dataset", "Metadata_CellType", "Metadata_WellType", "Metadata_Sirna"]
+# Rows a row group of the merged plate files. A row group costs metadata for each of the ~3,900
+# columns (about 3 MB in the writer, 0.5 MB of footer): one a unit (77 a plate) made a full HUVEC
+# plate's merge peak near 1 GB with a 37 MB footer; 8,192 rows: 0.65 GB, 5 MB (scripts/bench_extract.py).
+CELLS_ROW_GROUP_ROWS = 8192
+WELLS_ROW_GROUP_ROWS = 1 << 30  # a plate's wells (at most a few hundred rows): one row group
 
 
 class ExtractError(ValueError):
@@ -193,8 +198,8 @@ def finish_plate(out: Path, experiment: str, plate: int, units: list[Unit], prov
     cells = out / "cells" / experiment / f"Plate{plate}.parquet"
     wells = out / "wells" / ".plates" / experiment / f"Plate{plate}.parquet"
     failures = [row for u in units for row in json.loads(u.failures_part().read_text())]
-    concat_parquet([Path(u.wells_part) for u in units], wells, provenance)
-    concat_parquet([Path(u.cells_part) for u in units], cells, provenance)
+    concat_parquet([Path(u.wells_part) for u in units], wells, provenance, row_group_rows=WELLS_ROW_GROUP_ROWS)
+    concat_parquet([Path(u.cells_part) for u in units], cells, provenance, row_group_rows=CELLS_ROW_GROUP_ROWS)
     shutil.rmtree(Path(units[0].cells_part).parent)
     return failures
 

@@ -48,9 +48,14 @@ def read_provenance(path: str | Path) -> dict:
     return json.loads(metadata[PROVENANCE_KEY])
 
 
-def concat_parquet(parts: Sequence[Path], path: str | Path, provenance: dict | None = None) -> int:
+def concat_parquet(parts: Sequence[Path], path: str | Path, provenance: dict | None = None, *, row_group_rows: int = 0) -> int:
     """Stream ``parts`` into one file (columns: the union, in order of first appearance; a
-    part lacking a column gets nulls there). Returns the number of rows written."""
+    part lacking a column gets nulls there). Returns the number of rows written.
+
+    Consecutive parts are gathered into row groups of at least ``row_group_rows`` rows (0: one
+    row group a part). Every row group costs the writer, the file's footer and every reader
+    metadata for each column: over thousands of columns that is megabytes a row group, more
+    than the rows themselves when parts are small (scripts/bench_extract.py)."""
     path = Path(path)
     schemas = [pq.read_schema(p) for p in parts]
     fields: dict[str, pa.Field] = {}
@@ -63,7 +68,14 @@ def concat_parquet(parts: Sequence[Path], path: str | Path, provenance: dict | N
         schema = schema.with_metadata({PROVENANCE_KEY: json.dumps(provenance).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
-    rows = 0
+    rows, pending = 0, []
+
+    def flush() -> None:
+        if pending:
+            table = pa.concat_tables(pending)
+            writer.write_table(table, row_group_size=max(len(table), 1))
+            pending.clear()
+
     with pq.ParquetWriter(tmp, schema) as writer:
         for part in parts:
             table = pq.read_table(part)
@@ -76,7 +88,10 @@ def concat_parquet(parts: Sequence[Path], path: str | Path, provenance: dict | N
                     continue
                 column = table.column(where[f.name])
                 columns.append(column if column.type == f.type else column.cast(f.type))
-            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            pending.append(pa.Table.from_arrays(columns, schema=schema))
             rows += len(table)
+            if sum(map(len, pending)) >= row_group_rows:
+                flush()
+        flush()
     os.replace(tmp, path)
     return rows

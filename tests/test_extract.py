@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from cellfeat.synth import SynthSpec, generate
 from pipelines.cli import main
-from pipelines.tables import read_provenance
+from pipelines.tables import concat_parquet, read_provenance
 
 FAST = """
 [features]
@@ -144,3 +145,20 @@ def test_unknown_experiment_is_a_clear_error(dataset, tmp_path, caplog):
     argv[argv.index("U2OS-01")] = "U2OS-09"
     assert main(argv) == 2
     assert "'U2OS-09' is not in the metadata" in caplog.text
+
+
+def test_plate_merge_gathers_units_into_row_groups_and_unions_columns(tmp_path):
+    parts = []
+    for i, n in enumerate([3, 4, 0, 5]):
+        table = pd.DataFrame({"Metadata_Well": [f"B{i:02d}"] * n, "x": np.arange(n, dtype=np.float32)})
+        if i == 1:
+            table["y"] = np.float32(1)  # a column only one part has
+        parts.append(tmp_path / f"part{i}.parquet")
+        table.to_parquet(parts[-1], index=False)
+    out = tmp_path / "plate.parquet"
+    assert concat_parquet(parts, out, row_group_rows=6) == 12
+    meta = pq.ParquetFile(out).metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [7, 5]  # 3 + 4, then 0 + 5
+    merged = pd.read_parquet(out)
+    assert list(merged.columns) == ["Metadata_Well", "x", "y"] and merged["y"].notna().sum() == 4
+    assert concat_parquet(parts, out) == 12 and pq.ParquetFile(out).metadata.num_row_groups == 4  # default: one a part
