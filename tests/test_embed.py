@@ -291,6 +291,19 @@ def test_tables_columns_dtypes_and_absent_labels(tiny):
     pd.testing.assert_frame_equal(tables[2], alone)
 
 
+def test_sites_embedded_in_chunks_give_the_same_tables(tiny, monkeypatch):
+    """embed_sites sends crops on in chunks (memory); chunking must not change a number."""
+    embedder = E.EmbedConfig(backbone="tinynet:TinyNet", weights=str(tiny), name="Tiny", device="cpu", batch_size=2).embedder()
+    pixels, labels = _blobs()
+    sites = [(pixels, labels), (pixels, np.zeros_like(labels)), (pixels[:, :30], labels[:30]), (pixels, labels)]
+    whole = E.embed_sites(embedder, sites, crop_size=8)
+    monkeypatch.setattr(E, "CHUNK_CROPS", 2)  # one mini-batch a chunk: several chunks a call
+    chunked = E.embed_sites(embedder, sites, crop_size=8)
+    assert sum(len(t) for t in whole) > 4
+    for a, b in zip(whole, chunked, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+
+
 def test_zero_cells_only(tiny):
     embedder = E.EmbedConfig(backbone="tinynet:TinyNet", weights=str(tiny), name="Tiny", device="cpu").embedder()
     pixels, labels = _blobs()
