@@ -108,36 +108,9 @@ def flatten_coords(labels, n):
 
 
 @njit(cache=True)
-def label_bboxes(order, offsets, width):
-    """Per-label bounding boxes ``(rmin, rmax, cmin, cmax)`` (inclusive; -1 for empty labels)."""
-    n = offsets.size - 1
-    rmin = np.full(n, -1, np.int64)
-    rmax = np.full(n, -1, np.int64)
-    cmin = np.full(n, -1, np.int64)
-    cmax = np.full(n, -1, np.int64)
-    for k in range(n):
-        s, e = offsets[k], offsets[k + 1]
-        if s == e:
-            continue
-        # raster order: first pixel has the smallest row, last the largest
-        rmin[k] = order[s] // width
-        rmax[k] = order[e - 1] // width
-        c0 = width
-        c1 = -1
-        for i in range(s, e):
-            c = order[i] % width
-            if c < c0:
-                c0 = c
-            if c > c1:
-                c1 = c
-        cmin[k] = c0
-        cmax[k] = c1
-    return rmin, rmax, cmin, cmax
-
-
-@njit(cache=True)
 def coord_bboxes(offsets, rows, cols):
-    """:func:`label_bboxes` from the ``rows``/``cols`` of :func:`flatten_coords`."""
+    """Per-label bounding boxes ``(rmin, rmax, cmin, cmax)`` (inclusive; -1 for empty labels)
+    from the ``rows``/``cols`` of :func:`flatten_coords`."""
     n = offsets.size - 1
     rmin = np.full(n, -1, np.int64)
     rmax = np.full(n, -1, np.int64)
