@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cellfeat.layout import discover_sites, site_files, SiteKey
@@ -19,6 +20,20 @@ def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (it lives in ../shared/data beside the repository)")
     return path
+
+
+def stand_in_crop(paths: list[Path], top: int, left: int, size: int):
+    """A ``size`` x ``size`` crop of a real site with a stand-in segmentation for feature tests:
+    ``(site crop (C, size, size), nuclei by Otsu on w1, cells = nuclei expanded by 8 px)``."""
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label
+    from skimage.segmentation import expand_labels
+
+    from cellfeat.images import load_site
+
+    site = load_site(paths)[:, top : top + size, left : left + size]
+    nuclei = label(site[0] > threshold_otsu(site[0])).astype(np.int32)
+    return site, nuclei, expand_labels(nuclei, 8).astype(np.int32)
 
 
 @pytest.fixture(scope="session")

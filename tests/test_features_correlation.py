@@ -7,13 +7,10 @@ import warnings
 import numpy as np
 import pytest
 import scipy.stats
-from skimage.filters import threshold_otsu
-from skimage.measure import label
-from skimage.segmentation import expand_labels
 
 from cellfeat.features.correlation import FEATURES, _costes_reference, correlation, correlation_reference
 from cellfeat.features.registry import get_family
-from cellfeat.images import load_site
+from conftest import stand_in_crop
 
 colocalization = pytest.importorskip("cp_measure.core.measurecolocalization")
 
@@ -23,12 +20,7 @@ PAIRS = ((0, 1), (2, 4), (3, 5))  # w1_w2, w3_w5, w4_w6
 
 @pytest.fixture(scope="module")
 def crops(real_sites):
-    out = []
-    for _, paths in (real_sites[1], real_sites[6]):
-        site = load_site(paths)[:, 250 : 250 + SIZE, 250 : 250 + SIZE]
-        nuclei = label(site[0] > threshold_otsu(site[0])).astype(np.int32)
-        out.append((site, nuclei, expand_labels(nuclei, 8).astype(np.int32)))
-    return out
+    return [stand_in_crop(paths, 250, 250, SIZE) for _, paths in (real_sites[1], real_sites[6])]
 
 
 def synthetic() -> tuple[np.ndarray, np.ndarray]:

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from skimage.filters import threshold_otsu
-from skimage.measure import label
-from skimage.segmentation import expand_labels
 
 from cellfeat.features.granularity import granular_reconstructions, granularity, granularity_reference
 from cellfeat.features.registry import get_family
-from cellfeat.images import load_site
+from conftest import stand_in_crop
 
 measuregranularity = pytest.importorskip("cp_measure.core.measuregranularity")
 
@@ -30,9 +27,8 @@ ATOL = 1e-9
 def crops(real_sites):
     out = []
     for _, paths in (real_sites[2], real_sites[11]):
-        site = load_site(paths)[:, 100 : 100 + SIZE, 120 : 120 + SIZE]
-        nuclei = label(site[0] > threshold_otsu(site[0])).astype(np.int32)
-        out.append((site[4], nuclei, expand_labels(nuclei, 8).astype(np.int32)))
+        site, nuclei, cells = stand_in_crop(paths, 100, 120, SIZE)
+        out.append((site[4], nuclei, cells))
     return out
 
 

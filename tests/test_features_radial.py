@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from skimage.filters import threshold_otsu
-from skimage.measure import label
-from skimage.segmentation import expand_labels
 
 from cellfeat.features.radial import radial_distribution, radial_distribution_reference
 from cellfeat.features.registry import get_family
-from cellfeat.images import load_site
+from conftest import stand_in_crop
 
 distribution = pytest.importorskip("cp_measure.core.measureobjectintensitydistribution")
 
@@ -21,9 +18,8 @@ SIZE = 160
 def crops(real_sites):
     out = []
     for _, paths in (real_sites[4], real_sites[13]):
-        site = load_site(paths)[:, 200 : 200 + SIZE, 60 : 60 + SIZE]
-        nuclei = label(site[0] > threshold_otsu(site[0])).astype(np.int32)
-        out.append((site[2], nuclei, expand_labels(nuclei, 8).astype(np.int32)))
+        site, nuclei, cells = stand_in_crop(paths, 200, 60, SIZE)
+        out.append((site[2], nuclei, cells))
     return out
 
 

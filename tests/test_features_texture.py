@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from skimage.filters import threshold_otsu
-from skimage.measure import label
-from skimage.segmentation import expand_labels
 
 from cellfeat.features.registry import get_family
 from cellfeat.features.texture import F_HARALICK, texture, texture_reference
-from cellfeat.images import load_site
+from conftest import stand_in_crop
 
 measuretexture = pytest.importorskip("cp_measure.core.measuretexture")
 
@@ -22,9 +19,8 @@ def crops(real_sites):
     """(w2 crop, nuclei, cells) for two real sites: Otsu on w1 as a stand-in segmentation."""
     out = []
     for _, paths in (real_sites[0], real_sites[9]):
-        site = load_site(paths)[:, 150 : 150 + SIZE, 150 : 150 + SIZE]
-        nuclei = label(site[0] > threshold_otsu(site[0])).astype(np.int32)
-        out.append((site[1], nuclei, expand_labels(nuclei, 8).astype(np.int32)))
+        site, nuclei, cells = stand_in_crop(paths, 150, 150, SIZE)
+        out.append((site[1], nuclei, cells))
     return out
 
 
