@@ -34,7 +34,7 @@ import copy
 import enum
 import importlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cellfeat.device import resolve_device
 from cellfeat.images import RXRX1_COLORS
 
 OBJECT_NUMBER = "Metadata_ObjectNumber"
@@ -416,17 +417,6 @@ def backbone_label(backbone: str) -> str:
 # --------------------------------------------------------------------------- inference
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when torch sees a GPU, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise EmbedError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise EmbedError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device = \"auto\" or \"cpu\"")
-    return resolved
 
 
 class Embedder:

@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DEVICE_HELP = ("where Cellpose and the CNN embeddings run: auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N; "
+               "overrides [segment.cellpose] device and [embed] device")
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-out", help="folder for data, tables, model, submissions (default demo-out)")
     p.add_argument("--size", choices=["default", "tiny"], default="default", help="dataset size (tiny: for tests)")
@@ -75,6 +79,7 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dask", metavar="ADDRESS", help="run the units on the Dask scheduler at ADDRESS instead")
     p.add_argument("--segmenter", choices=["classical", "cellpose", "auto"], help="default from config (auto)")
     p.add_argument("--no-embed", action="store_true", help="skip the CNN embeddings")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--skip-bad", action="store_true", help="record unreadable sites in failures/{experiment}.csv and go on")
     p.add_argument("--overwrite", action="store_true", help="redo the selected plates even if finished")
 
@@ -117,6 +122,7 @@ def _add_segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmenter", choices=["classical", "cellpose", "auto"],
                    help="classical (no weights), cellpose (needs weights on disk) or auto (default from config: auto)")
     p.add_argument("--overlay", action="store_true", help="also write a composite PNG with the outlines")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml ([segment] tables)")
 
 

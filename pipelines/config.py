@@ -34,3 +34,11 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
     return config
+
+
+def with_device(config: dict[str, Any], device: str | None) -> dict[str, Any]:
+    """``config`` with the device of every GPU-capable stage (``[segment.cellpose] device``,
+    ``[embed] device``) set to ``device`` (the ``--device`` option); unchanged for ``None``."""
+    if device is None:
+        return config
+    return _merge(config, {"segment": {"cellpose": {"device": device}}, "embed": {"device": device}})

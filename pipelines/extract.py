@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cellfeat.layout import SiteKey, cell_type_of, discover_sites, read_metadata, site_files
-from pipelines.config import load_config
+from pipelines.config import load_config, with_device
 from pipelines.extract_unit import Context, Unit, UnitResult, run_unit
 from pipelines.provenance import versions
 from pipelines.tables import concat_parquet, write_csv, write_parquet
@@ -235,7 +235,7 @@ def update_failures(out: Path, experiment: str, plates: list[int], new_rows: lis
 
 def run(args) -> int:
     start = time.perf_counter()
-    config = load_config(args.config)
+    config = with_device(load_config(args.config), args.device)
     extract_cfg = config.get("extract", {})
     out = Path(args.out)
     metadata = read_metadata(args.metadata)

@@ -22,7 +22,7 @@ from cellfeat.images import composite, load_site, read_image, save_png
 from cellfeat.layout import SiteKey, cell_type_of, discover_sites, site_files
 from cellfeat.segment.classical import CellParams, NucleiParams, params_from_dict, segment_nuclei, segment_site
 from cellfeat.segment.objects import Segmentation, draw_outlines, touches_border
-from pipelines.config import load_config
+from pipelines.config import load_config, with_device
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +99,13 @@ def build_cellpose(config: dict):
     from cellfeat.segment.cellpose import CellposeSegmenter
 
     table = _cellpose_table(config)
-    gpu = table.get("gpu", "auto")
-    if gpu not in ("auto", True, False):
-        raise ValueError(f'[segment.cellpose] gpu must be "auto", true or false, got {gpu!r}')
     classical = classical_params(config)
     try:
         return CellposeSegmenter(
             nuclei_model=table["nuclei_model"],
             cell_model=table["cell_model"],
             models_dir=table["models_dir"],
-            gpu=None if gpu == "auto" else gpu,
+            device=str(table.get("device", "auto")),
             batch_size=int(table.get("batch_size", 8)),
             nuclei_channel=classical["nuclei_channel"],
             cell_channels=classical["cells"].channels,
@@ -209,7 +206,7 @@ def _run_image(args, config: dict) -> int:
 
 
 def run(args) -> int:
-    config = load_config(args.config)
+    config = with_device(load_config(args.config), args.device)
     if args.image:
         return _run_image(args, config)
     if not (args.data_root and args.experiment):

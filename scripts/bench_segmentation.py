@@ -93,7 +93,7 @@ def bench_cellpose(sites: list[np.ndarray], batch: int) -> None:
             paths[name] = Path(tmp) / f"random_{name}"
             torch.save(net.state_dict(), paths[name])
         segmenter = CellposeSegmenter(
-            nuclei_model=paths["nuclei"], cell_model=paths["cyto3"], gpu=False, batch_size=8
+            nuclei_model=paths["nuclei"], cell_model=paths["cyto3"], device="cpu", batch_size=8
         )
         chunk = sites[:batch]
         segmenter.segment_batch(chunk[:1], diameter=(14.0, 40.0))  # warm-up (MKL, allocator)

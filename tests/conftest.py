@@ -73,3 +73,23 @@ def tiny_demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo-tiny")
     assert main(["demo", "--size", "tiny", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def random_cellpose_weights(tmp_path_factory):
+    """Two randomly initialised Cellpose 3 networks saved as custom model files (no download)."""
+    pytest.importorskip("cellpose")
+    from cellfeat.segment.cellpose import cellpose_major
+
+    if cellpose_major() != 3:
+        pytest.skip("the random-weights network is built for cellpose 3.x")
+    import torch
+    from cellpose.resnet_torch import CPnet
+
+    folder = tmp_path_factory.mktemp("cellpose-models")
+    torch.manual_seed(0)
+    paths = {}
+    for name, diam_mean in (("nuclei", 17.0), ("cyto", 30.0)):
+        paths[name] = folder / f"random_{name}"
+        torch.save(CPnet([2, 32, 64, 128, 256], 3, sz=3, diam_mean=diam_mean).state_dict(), paths[name])
+    return paths

@@ -360,16 +360,6 @@ def test_config_errors_and_the_shipped_table():
     assert config.backbone == E.DEFAULT_BACKBONE and config.channels is E.ChannelMode.COMPOSITE
 
 
-def test_device_choice():
-    assert E.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert E.resolve_device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        with pytest.raises(E.EmbedError, match="no CUDA"):
-            E.resolve_device("cuda")
-    with pytest.raises(E.EmbedError, match="device must be"):
-        E.resolve_device("gpu-please")
-
-
 @pytest.mark.gpu
 def test_cuda_matches_cpu():
     if not torch.cuda.is_available():

@@ -134,7 +134,8 @@ class CellposeSegmenter:
     Parameters are stored verbatim; the networks are loaded once, at construction.
     ``nuclei_model`` / ``cell_model``: built-in names (3.x: ``"nuclei"``, ``"cyto3"``; 4.x:
     ``"cpsam"``) or weight-file paths; ``None`` picks the defaults of the installed version.
-    ``gpu=None`` uses a GPU when torch sees one. ``batch_size`` is cellpose's number of
+    ``device`` follows :func:`cellfeat.device.resolve_device` (``"auto"``: a GPU when torch sees
+    one; ``"cpu"``, ``"cuda"``, ``"cuda:N"``). ``batch_size`` is cellpose's number of
     224x224 tiles per forward pass. ``cell_channels`` are 0-based site indices averaged
     (after per-channel normalisation) into the cytoplasm input.
     """
@@ -145,7 +146,7 @@ class CellposeSegmenter:
         nuclei_model: str | os.PathLike | None = None,
         cell_model: str | os.PathLike | None = None,
         models_dir: str | os.PathLike | None = None,
-        gpu: bool | None = None,
+        device: str = "auto",
         batch_size: int = 8,
         nuclei_channel: int = 0,
         cell_channels: Sequence[int] = (1, 2, 5),
@@ -156,7 +157,7 @@ class CellposeSegmenter:
         self.nuclei_model = nuclei_model
         self.cell_model = cell_model
         self.models_dir = models_dir
-        self.gpu = gpu
+        self.device = device
         self.batch_size = batch_size
         self.nuclei_channel = nuclei_channel
         self.cell_channels = tuple(cell_channels)
@@ -172,17 +173,15 @@ class CellposeSegmenter:
         self.nuclei_weights_ = resolve_weights(nuclei_model or defaults[0], models_dir=models_dir, major=self.major_)
         self.cell_weights_ = resolve_weights(cell_model or defaults[1], models_dir=models_dir, major=self.major_)
         models = _import_models()
-        import torch
+        from cellfeat.device import resolve_device
 
-        use_gpu = torch.cuda.is_available() if gpu is None else bool(gpu)
-        if use_gpu and not torch.cuda.is_available():
-            raise ValueError("gpu=True but torch sees no CUDA device; set gpu to false or auto")
-        self.device_ = "cuda" if use_gpu else "cpu"
-        self.nuclei_net_ = models.CellposeModel(gpu=use_gpu, pretrained_model=str(self.nuclei_weights_))
+        self.device_ = resolve_device(device)
+        on_gpu = self.device_.type == "cuda"
+        self.nuclei_net_ = models.CellposeModel(gpu=on_gpu, device=self.device_, pretrained_model=str(self.nuclei_weights_))
         if self.cell_weights_ == self.nuclei_weights_:
             self.cell_net_ = self.nuclei_net_
         else:
-            self.cell_net_ = models.CellposeModel(gpu=use_gpu, pretrained_model=str(self.cell_weights_))
+            self.cell_net_ = models.CellposeModel(gpu=on_gpu, device=self.device_, pretrained_model=str(self.cell_weights_))
         log.info("Cellpose %s.x on %s: nuclei %s, cells %s", self.major_, self.device_, self.nuclei_weights_, self.cell_weights_)
 
     def _stack(self, sites: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
