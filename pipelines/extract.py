@@ -11,7 +11,9 @@ Writes, under ``--out``::
 Work is split into units of a few whole wells (``[extract] chunk_wells``). A unit's files are
 written under temporary names and renamed, so a killed run loses at most the units in flight;
 a rerun skips finished units and plates (``--overwrite`` redoes them). Units run in
-``--jobs`` worker processes (joblib), or on a Dask cluster with ``--dask ADDRESS``.
+``--jobs`` worker processes (joblib), or on a Dask cluster with ``--dask ADDRESS``. Where
+Cellpose or the embeddings run on a GPU, they run batched in this process and the workers do
+the CPU stages (:mod:`pipelines.extract_device`).
 """
 
 from __future__ import annotations
@@ -160,8 +162,15 @@ class Progress:
             self.bar.close()
 
 
-def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, progress: Progress) -> list[UnitResult]:
-    """Run units serially, on ``jobs`` local processes, or on a Dask cluster."""
+def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, progress: Progress,
+            device_stages: str = "auto") -> list[UnitResult]:
+    """Run units serially, on ``jobs`` local processes (with the GPU stages in this process where
+    ``device_stages`` says so: :mod:`pipelines.extract_device`), or on a Dask cluster."""
+    from pipelines.extract_device import run_with_device_stages, use_main_process
+
+    if use_main_process(device_stages, ctx, jobs=jobs, dask=dask):
+        batch = int(ctx.config.get("segment", {}).get("cellpose", {}).get("batch_sites", 16))
+        return run_with_device_stages(units, ctx, jobs=jobs, batch_sites=max(1, batch), progress=progress)
     results = []
     if dask:
         from distributed import Client, as_completed
@@ -255,6 +264,10 @@ def run(args) -> int:
     provenance = {"config": config, "versions": versions(), "segmenter": segmenter, "embed": embed}
     ctx = Context(data_root=str(args.data_root), config=config, segmenter=segmenter, embed=embed,
                   skip_bad=args.skip_bad, provenance=provenance)  # fmt: skip
+    from pipelines.extract_device import gpu_stages
+
+    on_gpu = gpu_stages(ctx)  # resolves the devices now: a --device torch cannot use fails before any work
+    log.info("on a GPU: %s", ", ".join(on_gpu) if on_gpu else "nothing (CPU only)")
     stats = None
     if embed:
         from cellfeat.embed import EmbedConfig, Normalization
@@ -278,7 +291,8 @@ def run(args) -> int:
 
     progress = Progress(sum(len(u.sites) for u in todo), args.experiment)
     try:
-        results = execute(todo, ctx, jobs=args.jobs, dask=args.dask, progress=progress)
+        results = execute(todo, ctx, jobs=args.jobs, dask=args.dask, progress=progress,
+                          device_stages=str(extract_cfg.get("device_stages", "auto")))
     finally:
         progress.close()
     errors = [r for r in results if r.error]

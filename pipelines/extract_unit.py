@@ -1,10 +1,12 @@
 """One unit of ``cellfeat extract``: a few whole wells of one plate, images to tables.
 
 A worker process (joblib or Dask) runs :func:`run_unit`: load every site of the unit, segment
-them (Cellpose in one batch, or the classical segmenter site by site), measure the features,
-embed all cells of the unit in shared mini-batches, and write two files atomically: the
-unit's per-cell rows and its per-well aggregates (units hold whole wells, so a well's
-profile is final once its unit is done). Loaded models are kept per process.
+them (Cellpose in one batch, or the classical segmenter site by site), embed all cells of the
+unit in shared mini-batches (:func:`stage_units`), measure the features (:func:`measure_unit`),
+and write two files atomically: the unit's per-cell rows and its per-well aggregates (units
+hold whole wells, so a well's profile is final once its unit is done). Loaded models are kept
+per process. Where the GPU stages run in the main process (:mod:`pipelines.extract_device`),
+it calls :func:`stage_units` on several units at once and hands each worker its unit staged.
 """
 
 from __future__ import annotations
@@ -150,52 +152,132 @@ def _site_table(key: SiteKey, seg, pixels: np.ndarray, ctx: Context) -> pd.DataF
     return table
 
 
-def process_unit(unit: Unit, ctx: Context) -> tuple[pd.DataFrame, list[dict]]:
-    """The unit's per-cell table and the sites it skipped (with ``skip_bad``)."""
-    order = ctx.config["channels"]["order"]
-    keys, pixels, failures = [], [], []
+def _failure(key: SiteKey, stage: str, exc: Exception) -> dict:
+    return {"Metadata_Experiment": key.experiment, "Metadata_Plate": key.plate, "Metadata_Well": key.well,
+            "Metadata_Site": key.site, "stage": stage, "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
 
-    def fail(key: SiteKey, stage: str, exc: Exception) -> None:
+
+def _load(key: SiteKey, ctx: Context, failures: list[dict]) -> np.ndarray | None:
+    """One site's pixels; a site that cannot be read is an error, or with ``skip_bad`` recorded."""
+    try:
+        return load_site(site_files(ctx.data_root, key, ctx.config["channels"]["order"]))
+    except (ImageError, FileNotFoundError, OSError) as exc:
         if not ctx.skip_bad:
-            raise RuntimeError(f"{key}: {stage} failed: {exc}") from exc
-        failures.append({"Metadata_Experiment": key.experiment, "Metadata_Plate": key.plate, "Metadata_Well": key.well,
-                         "Metadata_Site": key.site, "stage": stage, "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+            raise RuntimeError(f"{key}: load failed: {exc}") from exc
+        failures.append(_failure(key, "load", exc))
+        return None
 
+
+@dataclass
+class Staged:
+    """A unit after its loading, segmentation and embedding stages, before its features.
+
+    ``keys``, ``segmentations`` and ``embeddings`` (``None`` each without ``ctx.embed``) hold one
+    entry per site that loaded; ``pixels`` the same sites' images while they stay in one process
+    (:meth:`for_worker` drops them: a worker reloads a site's files rather than receive them).
+    """
+
+    keys: list[SiteKey]
+    segmentations: list
+    embeddings: list[pd.DataFrame | None]
+    failures: list[dict]
+    pixels: list[np.ndarray] | None = None
+
+    def for_worker(self) -> Staged:
+        return Staged(self.keys, self.segmentations, self.embeddings, self.failures)
+
+
+def load_unit(unit: Unit, ctx: Context) -> tuple[list[SiteKey], list[np.ndarray], list[dict]]:
+    """The unit's sites that load, their pixels, and the sites skipped (with ``skip_bad``)."""
+    keys, pixels, failures = [], [], []
     for well, site in unit.sites:
         key = SiteKey(unit.experiment, unit.plate, well, site)
-        try:
-            pixels.append(load_site(site_files(ctx.data_root, key, order)))
+        px = _load(key, ctx, failures)
+        if px is not None:
             keys.append(key)
-        except (ImageError, FileNotFoundError, OSError) as exc:
-            fail(key, "load", exc)
-    segs = segment_sites(ctx, pixels, unit.cell_type)
-    tables, kept = [], []
-    for key, px, seg in zip(keys, pixels, segs):
-        try:
-            tables.append(_site_table(key, seg, px, ctx))
-            kept.append((px, seg))
-        except (ValueError, FloatingPointError) as exc:
-            fail(key, "features", exc)
-    if ctx.embed and tables:
-        from cellfeat.embed import embed_sites
+            pixels.append(px)
+    return keys, pixels, failures
 
-        cfg, embedder = _embedder(ctx)
-        embedded = embed_sites(embedder, [(px, seg.cells) for px, seg in kept], crop_size=cfg.crop_size,
-                               mask_outside=cfg.mask_outside, normalization=cfg.normalization, stats=unit.stats)  # fmt: skip
-        tables = [t.merge(e, on="Metadata_ObjectNumber", how="left", validate="one_to_one") for t, e in zip(tables, embedded)]
+
+def embed_staged(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple | None) -> list[pd.DataFrame | None]:
+    """CNN embeddings of every cell of the given sites of one plate, in shared mini-batches."""
+    if not ctx.embed or not pixels:
+        return [None] * len(pixels)
+    from cellfeat.embed import embed_sites
+
+    cfg, embedder = _embedder(ctx)
+    return embed_sites(embedder, [(px, seg.cells) for px, seg in zip(pixels, segs)], crop_size=cfg.crop_size,
+                       mask_outside=cfg.mask_outside, normalization=cfg.normalization, stats=stats)  # fmt: skip
+
+
+def stage_units(units: list[Unit], ctx: Context, segmentations: list[list] | None = None) -> list[Staged]:
+    """Load, segment and embed the sites of ``units`` (one plate's) together, so that Cellpose
+    batches and embedding mini-batches span the units: the stages a GPU runs.
+
+    ``segmentations`` (one list per unit, for its sites that load) skips segmenting, e.g. where
+    worker processes ran the classical segmenter.
+    """
+    if len({(u.experiment, u.plate) for u in units}) > 1:
+        raise ValueError("stage_units takes units of one plate (they share its normalization statistics)")
+    loaded = [load_unit(u, ctx) for u in units]
+    pixels = [px for _, pxs, _ in loaded for px in pxs]
+    if segmentations is None:
+        segs = segment_sites(ctx, pixels, units[0].cell_type)
+    else:
+        segs = [seg for unit_segs in segmentations for seg in unit_segs]
+        if len(segs) != len(pixels):
+            raise ValueError(f"{len(segs)} segmentations for {len(pixels)} loaded sites; a site's files changed meanwhile?")
+    embeddings = embed_staged(ctx, pixels, segs, units[0].stats)
+    staged, start = [], 0
+    for keys, pxs, failures in loaded:
+        stop = start + len(keys)
+        staged.append(Staged(keys, segs[start:stop], embeddings[start:stop], failures, pixels=pxs))
+        start = stop
+    return staged
+
+
+def segment_unit(unit: Unit, ctx: Context) -> list:
+    """Segmentations of the unit's sites that load (for :func:`stage_units`' ``segmentations``)."""
+    _single_threaded()
+    keys, pixels, _ = load_unit(unit, ctx)
+    return segment_sites(ctx, pixels, unit.cell_type)
+
+
+def measure_unit(unit: Unit, ctx: Context, staged: Staged) -> tuple[pd.DataFrame, list[dict]]:
+    """The unit's per-cell table (features, then embeddings) and the sites it skipped."""
+    failures = list(staged.failures)
+    pixels = staged.pixels if staged.pixels is not None else [_load(k, ctx, failures) for k in staged.keys]
+    tables = []
+    for key, px, seg, embedded in zip(staged.keys, pixels, staged.segmentations, staged.embeddings):
+        if px is None:  # unreadable on the reload (skip_bad): recorded by _load
+            continue
+        try:
+            table = _site_table(key, seg, px, ctx)
+        except (ValueError, FloatingPointError) as exc:
+            if not ctx.skip_bad:
+                raise RuntimeError(f"{key}: features failed: {exc}") from exc
+            failures.append(_failure(key, "features", exc))
+            continue
+        if embedded is not None:
+            table = table.merge(embedded, on="Metadata_ObjectNumber", how="left", validate="one_to_one")
+        tables.append(table)
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=KEYS)
     features = [c for c in cells.columns if not c.startswith("Metadata_")]
     cells[features] = cells[features].astype(np.float32)
     return cells, failures
 
 
-def run_unit(unit: Unit, ctx: Context) -> UnitResult:
-    """Process and write one unit; errors are returned, not raised, so the run can list them all."""
+def run_unit(unit: Unit, ctx: Context, staged: Staged | None = None) -> UnitResult:
+    """Process and write one unit; errors are returned, not raised, so the run can list them all.
+
+    ``staged``: the unit's loading, segmentation and embedding already done (by the process
+    that holds the GPU); otherwise this process does them too.
+    """
     _single_threaded()
     start = time.perf_counter()
     result = UnitResult(unit.name)
     try:
-        cells, failures = process_unit(unit, ctx)
+        cells, failures = measure_unit(unit, ctx, staged if staged is not None else stage_units([unit], ctx)[0])
         operations = ctx.config.get("extract", {}).get("aggregate", ["median"])
         listed = pd.DataFrame({"Metadata_Experiment": unit.experiment, "Metadata_Plate": unit.plate,
                                "Metadata_Well": sorted({w for w, _ in unit.sites})})  # fmt: skip

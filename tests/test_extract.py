@@ -162,3 +162,75 @@ def test_plate_merge_gathers_units_into_row_groups_and_unions_columns(tmp_path):
     merged = pd.read_parquet(out)
     assert list(merged.columns) == ["Metadata_Well", "x", "y"] and merged["y"].notna().sum() == 4
     assert concat_parquet(parts, out) == 12 and pq.ParquetFile(out).metadata.num_row_groups == 4  # default: one a part
+
+
+EMBED = FAST.replace("embed = false", "embed = true") + """
+[embed]
+crop_size = 32
+device = "cpu"
+"""
+
+
+@pytest.mark.parametrize("segmenter", ["classical", "cellpose"])
+def test_device_stages_in_the_main_process_give_the_same_tables(dataset, tmp_path, segmenter, request):
+    """[extract] device_stages = "main" (what a GPU run does: Cellpose and the CNN batched in the
+    main process, the rest in workers) writes the same tables as every worker doing every stage."""
+    extra = ""
+    if segmenter == "cellpose":
+        weights = request.getfixturevalue("random_cellpose_weights")
+        extra = (f'[segment.cellpose]\nnuclei_model = "{weights["nuclei"]}"\ncell_model = "{weights["cyto"]}"\n'
+                 "cellprob_threshold = -2.0\nflow_threshold = 0.0\nbatch_sites = 6\n")  # fmt: skip
+    tables = {}
+    for mode in ("workers", "main"):
+        config = tmp_path / f"{mode}.toml"
+        config.write_text(EMBED.replace("[extract]\n", f'[extract]\ndevice_stages = "{mode}"\n') + extra)
+        out = tmp_path / mode
+        argv = ["extract", "--data-root", str(dataset / "data"), "--metadata", str(dataset / "data"), "--experiment",
+                "U2OS-01", "--plates", "1", "--config", str(config), "--out", str(out), "--jobs", "2",
+                "--segmenter", segmenter]  # fmt: skip
+        assert main(argv) == 0
+        tables[mode] = [pd.read_parquet(out / "cells" / "U2OS-01" / "Plate1.parquet"),
+                        pd.read_parquet(out / "wells" / "U2OS-01.parquet")]  # fmt: skip
+    for got, want in zip(tables["main"], tables["workers"]):
+        embedding = [c for c in want.columns if "Embedding_" in c]
+        assert len(want) > 0 and embedding and list(got.columns) == list(want.columns)
+        pd.testing.assert_frame_equal(got.drop(columns=embedding), want.drop(columns=embedding))
+        # The CNN's float32 sums run in another order in the main process (its thread count,
+        # other crops in the mini-batch), so embeddings agree to round-off, not to the bit.
+        np.testing.assert_allclose(got[embedding], want[embedding], rtol=1e-4, atol=1e-5)
+
+
+def test_where_the_device_stages_run(dataset):
+    from pipelines.config import load_config
+    from pipelines.extract_device import use_main_process
+    from pipelines.extract_unit import Context
+
+    ctx = Context(data_root="", config=load_config(), segmenter="classical", embed=True, skip_bad=False, provenance={})
+    import torch
+
+    assert use_main_process("auto", ctx, jobs=2, dask=None) == torch.cuda.is_available()
+    assert use_main_process("main", ctx, jobs=2, dask=None)
+    assert not use_main_process("main", ctx, jobs=1, dask=None)  # one process runs everything anyway
+    assert not use_main_process("main", ctx, jobs=2, dask="tcp://head:8786")  # Dask workers run every stage
+    assert not use_main_process("workers", ctx, jobs=2, dask=None)
+    with pytest.raises(ValueError, match="device_stages must be one of"):
+        use_main_process("gpu", ctx, jobs=2, dask=None)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error where torch sees no GPU")
+def test_device_option_without_a_gpu_fails_before_any_work(dataset, tmp_path, caplog):
+    argv = _argv(dataset, tmp_path / "out", "--device", "cuda")
+    argv[argv.index("--config") + 1] = str(dataset / "embed.toml")
+    (dataset / "embed.toml").write_text(EMBED)
+    assert main(argv) == 2
+    assert "torch sees no CUDA GPU" in caplog.text
+    assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_device_option_sets_every_gpu_stage():
+    from pipelines.config import load_config, with_device
+
+    config = with_device(load_config(), "cuda:1")
+    assert config["embed"]["device"] == "cuda:1" and config["segment"]["cellpose"]["device"] == "cuda:1"
+    assert config["embed"]["crop_size"] == load_config()["embed"]["crop_size"]  # the rest kept
+    assert with_device(load_config(), None) == load_config()
