@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.cli import main as cli
+from pipelines.config import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,7 @@ SIZES = {
 # generator's default to keep the same signal-to-noise, and says so when it prints accuracy.
 PHENOTYPE_STRENGTH = 2.5
 
-DEMO_CONFIG = """
-# cellfeat demo: the rxrx1 defaults with a lighter feature set so the demo runs in minutes.
-[features]
-families = ["AreaShape", "Intensity", "Granularity", "RadialDistribution", "Neighbors"]
-[extract]
-chunk_wells = 4
-embed = {embed}
-[fit]
-folds = 3
-[fit.model]
-n_estimators = 200
-"""
+DEMO_CONFIG = CONFIG_DIR / "demo.toml"
 
 
 def _call(argv: list[str]) -> None:
@@ -65,16 +55,16 @@ def run(args) -> int:
     out = Path(args.out)
     train, test, treatments, positives, sites, size = SIZES[args.size]
     data, tables, model = out / "data", out / "tables", out / "model"
-    config = out / "demo.toml"
+    config = DEMO_CONFIG
     out.mkdir(parents=True, exist_ok=True)
-    config.write_text(DEMO_CONFIG.format(embed="true" if args.embed else "false"))
     if not (data / "train.csv").is_file():
         _call(["synth", "--out", str(data), "--seed", str(args.seed), "--train-experiments", train, "--test-experiments", test,
                "--treatments-per-plate", str(treatments), "--positive-controls", str(positives), "--sites", str(sites),
                "--image-size", str(size), "--jobs", str(args.jobs), "--phenotype-strength", str(PHENOTYPE_STRENGTH)])  # fmt: skip
     for experiment in train.split(",") + test.split(","):
         _call(["extract", "--data-root", str(data), "--metadata", str(data), "--experiment", experiment,
-               "--config", str(config), "--out", str(tables), "--jobs", str(args.jobs)])  # fmt: skip
+               "--config", str(config), "--out", str(tables), "--jobs", str(args.jobs),
+               *([] if args.embed else ["--no-embed"])])  # fmt: skip
     _call(["fit", "--wells", str(tables / "wells"), "--metadata", str(data), "--config", str(config), "--out", str(model)])
     truth = pd.read_csv(data / "synth_truth.csv").set_index("id_code")
     scores = {}
