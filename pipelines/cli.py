@@ -54,7 +54,7 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masks", action="store_true", help="also write ground-truth nuclei/cell label images")
     p.add_argument("--phenotype-strength", type=float, default=1.0, help="scale every siRNA effect (default 1)")
     p.add_argument("--batch-strength", type=float, default=1.0, help="scale every batch effect; 0 = none (default 1)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2; the bytes do not depend on it)")
 
 
 def _add_show(p: argparse.ArgumentParser) -> None:
