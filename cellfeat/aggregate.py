@@ -1,8 +1,10 @@
-"""Per-cell rows to per-well profiles (pycytominer ``aggregate`` conventions).
+"""Per-cell rows to per-well and per-site profiles (pycytominer ``aggregate`` conventions).
 
 A well's profile is the median (and/or mean) of each per-cell feature over all its cells,
-both sites together, plus ``Metadata_CellCount``. With one operation the feature columns
-keep their names; with several, each gets the operation as a suffix (``..._median``).
+both sites together, plus ``Metadata_CellCount``; a site's profile the same over the site's
+cells (``keys=SITE_KEYS``). With one operation the feature columns keep their names; with
+several, each gets the operation as a suffix (``..._median``). :func:`mean_over_sites` turns
+site profiles into well profiles (the mean of each well's site profiles).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 WELL_KEYS = ("Metadata_Experiment", "Metadata_Plate", "Metadata_Well")
+SITE_KEYS = (*WELL_KEYS, "Metadata_Site")
 OPERATIONS = ("median", "mean")
 
 
@@ -48,3 +51,23 @@ def aggregate_wells(
         profiles["Metadata_CellCount"] = profiles["Metadata_CellCount"].fillna(0).astype(np.int64)
     # reset_index() on thousands of columns inserts into a fragmented frame; concat once
     return pd.concat([profiles.index.to_frame(index=False), profiles.reset_index(drop=True)], axis=1)
+
+
+def mean_over_sites(sites: pd.DataFrame) -> pd.DataFrame:
+    """Well profiles from site profiles: each feature's mean over the well's sites that have a
+    value (a site without cells has none), ``Metadata_CellCount`` summed, the other
+    ``Metadata_`` columns (constant within a well) kept. Rows in the order of the wells'
+    first sites."""
+    keys = list(WELL_KEYS)
+    missing = [k for k in SITE_KEYS if k not in sites.columns]
+    if missing:
+        raise ValueError(f"site profiles lack key column(s) {missing}")
+    features = [c for c in sites.columns if not c.startswith("Metadata_")]
+    meta = [c for c in sites.columns if c.startswith("Metadata_") and c not in SITE_KEYS and c != "Metadata_CellCount"]
+    grouped = sites.groupby(keys, sort=False)
+    parts = [grouped[meta].first()] if meta else []
+    if "Metadata_CellCount" in sites.columns:
+        parts.append(grouped["Metadata_CellCount"].sum())
+    parts.append(grouped[features].mean().astype(np.float32))
+    wells = pd.concat(parts, axis=1)
+    return pd.concat([wells.index.to_frame(index=False), wells.reset_index(drop=True)], axis=1)

@@ -6,6 +6,7 @@ Writes, under ``--out``::
                                           _Site, _ObjectNumber, _BorderObject, features, embeddings
     wells/{experiment}.parquet            one row per well: keys, Metadata_CellCount, _WellType,
                                           _CellType, _Sirna, _Dataset, _IdCode, aggregated columns
+    sites/{experiment}.parquet            the same, one row per site (keys with Metadata_Site)
     failures/{experiment}.csv             sites skipped with --skip-bad, and why
 
 Work is split into units of a few whole wells (``[extract] chunk_wells``). A unit's files are
@@ -40,7 +41,8 @@ WELL_META = ["Metadata_IdCode", "Metadata_Dataset", "Metadata_CellType", "Metada
 # columns (about 3 MB in the writer, 0.5 MB of footer): one a unit (77 a plate) made a full HUVEC
 # plate's merge peak near 1 GB with a 37 MB footer; 8,192 rows: 0.65 GB, 5 MB (scripts/bench_extract.py).
 CELLS_ROW_GROUP_ROWS = 8192
-WELLS_ROW_GROUP_ROWS = 1 << 30  # a plate's wells (at most a few hundred rows): one row group
+PROFILE_ROW_GROUP_ROWS = 1 << 30  # a plate's wells or sites (at most a few hundred rows): one row group
+PROFILES = ("wells", "sites")  # per-well and per-site profile tables, each OUT/{kind}/{experiment}.parquet
 
 
 class ExtractError(ValueError):
@@ -126,6 +128,7 @@ def make_units(out: Path, experiment: str, sites: pd.DataFrame, chunk_wells: int
                     sites=tuple((w, int(s)) for w, s in zip(chosen["Metadata_Well"], chosen["Metadata_Site"])),
                     cells_part=str(parts_dir / f"{stem}.cells.parquet"),
                     wells_part=str(parts_dir / f"{stem}.wells.parquet"),
+                    sites_part=str(parts_dir / f"{stem}.sites.parquet"),
                     stats=(stats or {}).get(int(plate)),
                 )
             )
@@ -205,25 +208,27 @@ def finish_plate(out: Path, experiment: str, plate: int, units: list[Unit], prov
     import json
 
     cells = out / "cells" / experiment / f"Plate{plate}.parquet"
-    wells = out / "wells" / ".plates" / experiment / f"Plate{plate}.parquet"
     failures = [row for u in units for row in json.loads(u.failures_part().read_text())]
-    concat_parquet([Path(u.wells_part) for u in units], wells, provenance, row_group_rows=WELLS_ROW_GROUP_ROWS)
+    for kind in PROFILES:
+        concat_parquet([Path(getattr(u, f"{kind}_part")) for u in units], out / kind / ".plates" / experiment / f"Plate{plate}.parquet",
+                       provenance, row_group_rows=PROFILE_ROW_GROUP_ROWS)  # fmt: skip
     concat_parquet([Path(u.cells_part) for u in units], cells, provenance, row_group_rows=CELLS_ROW_GROUP_ROWS)
     shutil.rmtree(Path(units[0].cells_part).parent)
     return failures
 
 
-def write_wells(out: Path, experiment: str, metadata: pd.DataFrame, provenance: dict) -> tuple[Path, int]:
-    """``wells/{experiment}.parquet`` from every finished plate of the experiment."""
-    plate_files = sorted((out / "wells" / ".plates" / experiment).glob("Plate*.parquet"))
+def write_profiles(out: Path, kind: str, experiment: str, metadata: pd.DataFrame, provenance: dict) -> Path:
+    """``{kind}/{experiment}.parquet`` (kind ``wells`` or ``sites``) from every finished plate of
+    the experiment, with the wells' metadata."""
+    plate_files = sorted((out / kind / ".plates" / experiment).glob("Plate*.parquet"))
     table = pd.concat([pd.read_parquet(p) for p in plate_files], ignore_index=True)
     keys = ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well"]
-    table = table.merge(metadata[keys + WELL_META], on=keys, how="left", validate="one_to_one")
-    meta = keys + ["Metadata_CellCount"] + WELL_META
+    table = table.merge(metadata[keys + WELL_META], on=keys, how="left", validate="one_to_one" if kind == "wells" else "many_to_one")
+    meta = keys + (["Metadata_Site"] if kind == "sites" else []) + ["Metadata_CellCount"] + WELL_META
     table = table[meta + [c for c in table.columns if c not in meta]]
-    path = out / "wells" / f"{experiment}.parquet"
+    path = out / kind / f"{experiment}.parquet"
     write_parquet(table, path, provenance)
-    return path, len(table)
+    return path
 
 
 def update_failures(out: Path, experiment: str, plates: list[int], new_rows: list[dict]) -> Path | None:
@@ -305,7 +310,7 @@ def run(args) -> int:
     failure_file = update_failures(out, args.experiment, [p for p in finished if p not in done_plates], failures)
     wells_path = None
     if finished:
-        wells_path, n_wells = write_wells(out, args.experiment, metadata, provenance)
+        wells_path = [write_profiles(out, kind, args.experiment, metadata, provenance) for kind in PROFILES][0]
     seconds = time.perf_counter() - start
     n_sites = sum(r.sites for r in results)
     n_cells = sum(r.cells for r in results)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellfeat.aggregate import aggregate_wells
+from cellfeat.aggregate import SITE_KEYS, aggregate_wells
 from cellfeat.features.measure import measure_objects
 from cellfeat.images import ImageError, load_site
 from cellfeat.layout import SiteKey, site_files
@@ -53,6 +53,7 @@ class Unit:
     sites: tuple[tuple[str, int], ...]  # (well, site)
     cells_part: str
     wells_part: str
+    sites_part: str
     stats: tuple | None = None  # per-channel (mean, std) of the plate, for crop normalization
 
     @property
@@ -280,13 +281,16 @@ def run_unit(unit: Unit, ctx: Context, staged: Staged | None = None) -> UnitResu
         cells, failures = measure_unit(unit, ctx, staged if staged is not None else stage_units([unit], ctx)[0])
         operations = ctx.config.get("extract", {}).get("aggregate", ["median"])
         listed = pd.DataFrame({"Metadata_Experiment": unit.experiment, "Metadata_Plate": unit.plate,
-                               "Metadata_Well": sorted({w for w, _ in unit.sites})})  # fmt: skip
+                               "Metadata_Well": [w for w, _ in unit.sites], "Metadata_Site": [s for _, s in unit.sites]})  # fmt: skip
         wells = aggregate_wells(cells.drop(columns=["Metadata_Site", "Metadata_ObjectNumber"], errors="ignore"),
-                                operations=operations, wells=listed)  # fmt: skip
+                                operations=operations, wells=listed.drop(columns="Metadata_Site"))  # fmt: skip
+        sites = aggregate_wells(cells.drop(columns=["Metadata_ObjectNumber"], errors="ignore"), operations=operations,
+                                keys=SITE_KEYS, wells=listed)  # fmt: skip
         # failures first: a unit counts as done once its cells part exists
         unit.failures_part().parent.mkdir(parents=True, exist_ok=True)
         unit.failures_part().write_text(json.dumps(failures))
         write_parquet(wells, unit.wells_part, ctx.provenance)
+        write_parquet(sites, unit.sites_part, ctx.provenance)
         write_parquet(cells, unit.cells_part, ctx.provenance)
         result.sites = len(unit.sites) - len(failures)
         result.cells = len(cells)

@@ -1,9 +1,12 @@
 """``cellfeat fit``: per-plate normalization + LightGBM siRNA classifier, validated across experiments.
 
-Reads the per-well tables ``cellfeat extract`` writes, takes labels and the siRNA groups from
-the metadata, cross-validates with folds grouped by experiment (never a well of a validation
-experiment in training), then fits the final model on every training experiment and writes
-``MODEL_DIR/model.joblib``, ``features.txt``, ``config.json`` and ``report.json`` / ``report.txt``.
+Reads the profiles ``cellfeat extract`` writes (``OUT/wells``: one row a well; or
+``OUT/sites``: one row a site, used as ``[fit] sites`` says: ``mean`` averages each well's site
+profiles into one row, ``rows`` keeps sites as rows and averages each well's sites'
+probabilities), takes labels and the siRNA groups from the metadata, cross-validates with
+folds grouped by experiment (never a well of a validation experiment in training), then fits
+the final model on every training experiment and writes ``MODEL_DIR/model.joblib``,
+``features.txt``, ``config.json`` and ``report.json`` / ``report.txt``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from cellfeat.aggregate import WELL_KEYS, mean_over_sites
 from cellfeat.layout import N_TREATMENTS, read_metadata, sirna_groups
 from cellfeat.model import SirnaClassifier, experiment_folds, full_proba, score_by
 from cellfeat.normalize import PlateNormalizer, feature_columns
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED = ("Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Metadata_WellType")
 MODEL_FILE = "model.joblib"
+SITE_MODES = ("mean", "rows")  # [fit] sites: how a table of site profiles is used
 
 
 class FitError(ValueError):
@@ -35,16 +40,21 @@ class FitError(ValueError):
 
 
 def read_well_tables(path: str | Path) -> pd.DataFrame:
-    """One parquet file, or every ``*.parquet`` in a folder (``OUT/wells``), as one table."""
+    """One parquet file, or every ``*.parquet`` in a folder (``OUT/wells`` or ``OUT/sites``), as
+    one table: all per-well or all per-site (with ``Metadata_Site``) profiles."""
     path = Path(path)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files or not all(f.is_file() for f in files):
-        raise FileNotFoundError(f"no well tables at {path}: expected OUT/wells/*.parquet written by cellfeat extract")
+        raise FileNotFoundError(f"no profile tables at {path}: expected OUT/wells/*.parquet or OUT/sites/*.parquet "
+                                "written by cellfeat extract")  # fmt: skip
     tables = [pd.read_parquet(f) for f in files]
     for f, t in zip(files, tables):
         missing = [c for c in REQUIRED if c not in t.columns]
         if missing:
-            raise FitError(f"well table {f} lacks column(s) {missing}; rerun cellfeat extract to rewrite it")
+            raise FitError(f"profile table {f} lacks column(s) {missing}; rerun cellfeat extract to rewrite it")
+    kinds = {"Metadata_Site" in t.columns for t in tables}
+    if len(kinds) > 1:
+        raise FitError(f"{path} mixes per-well and per-site tables (with Metadata_Site); give one folder: OUT/wells or OUT/sites")
     columns = [set(feature_columns(t)) for t in tables]
     common = set.intersection(*columns)
     if any(c != common for c in columns):
@@ -58,7 +68,8 @@ def attach_labels(wells: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
     keys = ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well"]
     meta = metadata[keys + ["Metadata_Dataset", "Metadata_CellType", "Metadata_WellType", "Metadata_Sirna", "Metadata_IdCode"]]
     drop = [c for c in meta.columns if c in wells.columns and c not in keys]
-    merged = wells.drop(columns=drop).merge(meta, on=keys, how="left", validate="one_to_one")
+    validate = "many_to_one" if "Metadata_Site" in wells.columns else "one_to_one"
+    merged = wells.drop(columns=drop).merge(meta, on=keys, how="left", validate=validate)
     unknown = merged["Metadata_Dataset"].isna()
     if unknown.any():
         raise FitError(f"{int(unknown.sum())} wells are not in the metadata, e.g. {merged.loc[unknown, keys].iloc[0].tolist()}")
@@ -72,18 +83,62 @@ def check_features(wells: pd.DataFrame, features: list[str]) -> None:
         raise FitError(f"{int(inf)} infinite feature values in the well tables (e.g. in {features[np.isinf(values).any(0).argmax()]}); fix the extraction")
 
 
+def as_profiles(table: pd.DataFrame, sites: str) -> pd.DataFrame:
+    """The rows a model learns from and predicts: a well table as it is; a site table
+    (``Metadata_Site``) averaged into wells (``sites="mean"``) or kept as rows (``"rows"``), its
+    sites without cells dropped where the well has another site with cells."""
+    if sites not in SITE_MODES:
+        raise FitError(f"[fit] sites must be one of {SITE_MODES}, got {sites!r}")
+    if "Metadata_Site" not in table.columns:
+        return table
+    if sites == "mean":
+        return mean_over_sites(table)
+    if "Metadata_CellCount" not in table.columns:
+        return table
+    empty = table["Metadata_CellCount"].eq(0).to_numpy()
+    well_has_cells = pd.Series(~empty).groupby([table[k].to_numpy() for k in WELL_KEYS]).transform("any").to_numpy()
+    return table[~(empty & well_has_cells)].reset_index(drop=True)
+
+
 @dataclass
 class TrainedModel:
-    """Normalizer + classifier(s), fitted together; what ``submit`` loads."""
+    """Normalizer + classifier(s), fitted together; what ``submit`` loads.
+
+    ``sites``: ``None`` when fitted on well profiles, else the ``[fit] sites`` mode it was
+    fitted with on site profiles (:func:`as_profiles`); :meth:`predict_wells` treats new
+    tables the same way.
+    """
 
     normalizer: PlateNormalizer
     classifiers: dict[str, SirnaClassifier]  # cell type (or "all") -> classifier
     config: dict
     versions: dict = field(default_factory=dict)
+    sites: str | None = None
+
+    def predict_wells(self, table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        """(one row per well: the table's ``Metadata_`` columns, (n_wells, 1108) probabilities)
+        for a table of the kind the model was fitted on; site rows' probabilities are averaged
+        per well. Pass whole plates (their control wells included)."""
+        sites = getattr(self, "sites", None)  # models pickled before site profiles existed: wells
+        has_sites = "Metadata_Site" in table.columns
+        if has_sites != (sites is not None):
+            fitted = "site profiles (OUT/sites)" if sites else "well profiles (OUT/wells)"
+            given = "site profiles" if has_sites else "well profiles"
+            raise FitError(f"the model was fitted on {fitted} but was given {given}; give it the same kind of table")
+        rows = as_profiles(table, sites) if has_sites else table
+        proba = self.predict_proba(rows)
+        if "Metadata_Site" not in rows.columns:
+            return rows[[c for c in rows.columns if c.startswith("Metadata_")]].reset_index(drop=True), proba
+        well = rows.groupby(list(WELL_KEYS), sort=False).ngroup().to_numpy()
+        sums = np.zeros((well.max() + 1, proba.shape[1]))
+        np.add.at(sums, well, proba)
+        first = rows.groupby(list(WELL_KEYS), sort=False).head(1)
+        meta = [c for c in rows.columns if c.startswith("Metadata_") and c != "Metadata_Site"]
+        return first[meta].reset_index(drop=True), sums / np.bincount(well)[:, None]
 
     def predict_proba(self, wells: pd.DataFrame) -> np.ndarray:
-        """(n_wells, 1108) probabilities; every plate normalized by its own controls first,
-        so pass whole plates (their control wells included)."""
+        """(n_rows, 1108) probabilities of each row as it is; every plate normalized by its own
+        controls first, so pass whole plates (their control wells included)."""
         normalized = self.normalizer.transform(wells)
         X = np.nan_to_num(normalized[self.normalizer.features_].to_numpy(np.float32))
         out = np.zeros((len(wells), N_TREATMENTS))
@@ -108,7 +163,12 @@ def _classifier(config: dict, n_estimators: int | None = None, early_stopping: b
 
 
 def fit_model(train: pd.DataFrame, config: dict, groups: pd.Series, *, valid: pd.DataFrame | None = None, n_estimators: int | None = None) -> TrainedModel:
-    """Fit normalizer and classifier(s) on ``train`` (all well types; learns from treatments)."""
+    """Fit normalizer and classifier(s) on ``train`` (all well types; learns from treatments):
+    well profiles, or site profiles used as ``[fit] sites`` says (:func:`as_profiles`)."""
+    sites = config["fit"].get("sites", "mean") if "Metadata_Site" in train.columns else None
+    if sites is not None:
+        train = as_profiles(train, sites)
+        valid = None if valid is None else as_profiles(valid, sites)
     normalizer = PlateNormalizer(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["fit"]["normalize"].items()})
     normalizer.fit(train, feature_columns(train))
     learn = train["Metadata_WellType"].isin(config["fit"]["well_types"]) & train["Metadata_Sirna"].notna()
@@ -128,7 +188,7 @@ def fit_model(train: pd.DataFrame, config: dict, groups: pd.Series, *, valid: pd
             eval_set = (np.nan_to_num(vpart[normalizer.features_].to_numpy(np.float32)), vpart["Metadata_Sirna"].to_numpy(np.int64))
         clf = _classifier(config, n_estimators, early_stopping=eval_set is not None)
         classifiers[cell_type] = clf.fit(X, y, sirna_group=groups, eval_set=eval_set)
-    return TrainedModel(normalizer=normalizer, classifiers=classifiers, config=config, versions=versions())
+    return TrainedModel(normalizer=normalizer, classifiers=classifiers, config=config, versions=versions(), sites=sites)
 
 
 def _scores_dict(scores) -> dict:
@@ -142,10 +202,9 @@ def cross_validate(wells: pd.DataFrame, config: dict, groups: pd.Series) -> dict
         is_val = wells["Metadata_Experiment"].isin(val_exps)
         log.info("fold %d/%d: validating on %s", i, len(folds), ", ".join(val_exps))
         model = fit_model(wells[~is_val], config, groups, valid=wells[is_val])
-        val_wells = wells[is_val]
+        val_wells, proba = model.predict_wells(wells[is_val])  # whole plates in: each is normalized by its controls
         labelled = (val_wells["Metadata_WellType"].eq("treatment") & val_wells["Metadata_Sirna"].notna()).to_numpy()
-        proba = model.predict_proba(val_wells)[labelled]  # whole plates in: each is normalized by its controls
-        valid = val_wells[labelled]
+        proba, valid = proba[labelled], val_wells[labelled]
         y = valid["Metadata_Sirna"].to_numpy(np.int64)
         scores = score_by(proba, np.arange(N_TREATMENTS), y, valid["Metadata_CellType"].to_numpy())
         best += [it for clf in model.classifiers.values() for it in clf.best_iterations_.values()]
@@ -190,8 +249,12 @@ def run(args) -> int:
         raise FitError(f"no training wells in {args.wells}: extract at least one training experiment")
     features = feature_columns(train)
     check_features(train, features)
-    log.info("%d training wells from %d experiments, %d features", len(train), train["Metadata_Experiment"].nunique(), len(features))
-    report: dict = {"n_wells": len(train), "experiments": sorted(train["Metadata_Experiment"].unique()), "n_features_in": len(features)}
+    n_wells = len(train[list(WELL_KEYS)].drop_duplicates())
+    profiles = f"sites ({config['fit'].get('sites', 'mean')})" if "Metadata_Site" in train.columns else "wells"
+    log.info("%d training wells (%d rows; profiles: %s) from %d experiments, %d features", n_wells, len(train), profiles,
+             train["Metadata_Experiment"].nunique(), len(features))  # fmt: skip
+    report: dict = {"n_wells": n_wells, "profiles": profiles, "experiments": sorted(train["Metadata_Experiment"].unique()),
+                    "n_features_in": len(features)}  # fmt: skip
     n_estimators = None
     if config["fit"]["folds"] and train["Metadata_Experiment"].nunique() >= 2:
         cv = cross_validate(train, config, groups)

@@ -165,10 +165,10 @@ def predictions_from_model(model_dir: str | Path, wells_dir: str | Path, metadat
     test = wells[wells["Metadata_Dataset"] == "test"].reset_index(drop=True)
     if test.empty:
         raise SubmissionError(f"the well tables at {wells_dir} hold no test wells: extract the test experiments first")
-    proba = model.predict_proba(test)  # whole plates: each is normalized by its own controls
-    treated = (test["Metadata_WellType"] == "treatment").to_numpy()
+    rows, proba = model.predict_wells(test)  # whole plates: each is normalized by its own controls
+    treated = (rows["Metadata_WellType"] == "treatment").to_numpy()
     table = pd.DataFrame(proba[treated].astype(np.float32), columns=PROB_COLUMNS)
-    table.insert(0, ID_COLUMN, test.loc[treated, "Metadata_IdCode"].to_numpy())
+    table.insert(0, ID_COLUMN, rows.loc[treated, "Metadata_IdCode"].to_numpy())
     return table
 
 

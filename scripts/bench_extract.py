@@ -362,6 +362,7 @@ def _unit(data: Path, work: Path, config: dict, experiment: str, wells: list[str
     sites = tuple((r.Metadata_Well, int(r.Metadata_Site)) for r in plan.iloc[:n_sites].itertuples())
     return Unit(experiment=experiment, plate=1, cell_type=cell_type_of(experiment), sites=sites,
                 cells_part=str(work / f"{experiment}.cells.parquet"), wells_part=str(work / f"{experiment}.wells.parquet"),
+                sites_part=str(work / f"{experiment}.sites.parquet"),
                 stats=stats)  # fmt: skip
 
 

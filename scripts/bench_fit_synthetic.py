@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellfeat.aggregate import WELL_KEYS, aggregate_wells
+from cellfeat.aggregate import WELL_KEYS
 from cellfeat.assign import assign_wells, group_index
 from cellfeat.layout import N_TREATMENTS, read_metadata, sirna_groups
 from cellfeat.model import SirnaClassifier, experiment_folds, full_proba, score_by
@@ -56,7 +56,7 @@ from cellfeat.normalize import PlateNormalizer, feature_columns, normalize_plate
 from cellfeat.synth import CELL_TYPES
 from pipelines.cli import main as cli
 from pipelines.config import load_config
-from pipelines.fit import attach_labels, read_well_tables
+from pipelines.fit import SITE_MODES, as_profiles, attach_labels, read_well_tables
 
 log = logging.getLogger("bench_fit_synthetic")
 
@@ -129,32 +129,6 @@ def label_with_truth(table: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     if missing.any():
         raise ValueError(f"{int(missing.sum())} wells are not in synth_truth.csv, e.g. {table.loc[missing, 'Metadata_IdCode'].iloc[0]}")
     return table.assign(Metadata_Sirna=table["Metadata_IdCode"].map(sirna).to_numpy(np.int64))
-
-
-def site_profiles(tables: Path, wells: pd.DataFrame, operations: list[str]) -> pd.DataFrame:
-    """One row per site: the per-site median of every per-cell feature (the library's
-    aggregation, keyed by site too), with the well's metadata."""
-    keys = [*WELL_KEYS, "Metadata_Site"]
-    parts = []
-    for file in sorted((tables / "cells").glob("*/Plate*.parquet")):
-        cells = pd.read_parquet(file)
-        parts.append(aggregate_wells(cells.drop(columns=["Metadata_ObjectNumber", "Metadata_BorderObject"]), operations=operations, keys=keys))
-    sites = pd.concat(parts, ignore_index=True)
-    meta = wells[[*WELL_KEYS, "Metadata_IdCode", "Metadata_Dataset", "Metadata_CellType", "Metadata_WellType", "Metadata_Sirna"]]
-    sites = sites.merge(meta, on=list(WELL_KEYS), how="inner", validate="many_to_one")
-    if set(feature_columns(sites)) != set(feature_columns(wells)):
-        raise ValueError("per-site and per-well tables have different feature columns; extract with one config")
-    return sites
-
-
-def site_means(sites: pd.DataFrame) -> pd.DataFrame:
-    """Wells as the mean of their sites' profiles (instead of the median over pooled cells)."""
-    meta = [c for c in sites.columns if c.startswith("Metadata_") and c not in ("Metadata_Site", "Metadata_CellCount")]
-    features = feature_columns(sites)
-    grouped = sites.groupby(meta, sort=True, dropna=False)
-    out = grouped[features].mean().astype(np.float32)
-    out.insert(0, "Metadata_CellCount", grouped["Metadata_CellCount"].sum())
-    return out.reset_index()
 
 
 # --------------------------------------------------------------------------- variants
@@ -378,12 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     results = run_variants(wells, variants, folds, config, args.lr_c)
     n_sites = 0
     if not args.no_sites:
-        sites = site_profiles(tables, wells, config["extract"]["aggregate"])
+        # the per-site table cellfeat extract writes, used as cellfeat fit uses it ([fit] sites = mean / rows)
+        sites = label_with_truth(attach_labels(read_well_tables(tables / "sites"), metadata), truth)
         n_sites = int(sites.groupby(list(WELL_KEYS))["Metadata_Site"].nunique().max())
         if n_sites >= 2:
-            site_variants = [Variant(p, "configured", m) for p in ("site_mean", "site_rows") for m in MODELS]
-            results.update(run_variants(site_means(sites), site_variants[:2], folds, config, args.lr_c))
-            results.update(run_variants(sites, site_variants[2:], folds, config, args.lr_c))
+            for mode in SITE_MODES:
+                site_variants = [Variant(f"site_{mode}", "configured", m) for m in MODELS]
+                results.update(run_variants(as_profiles(sites, mode), site_variants, folds, config, args.lr_c))
         else:
             log.warning("one site a well: no per-site comparison")
     timing["fit_s"] = round(time.perf_counter() - fit_start, 1)

@@ -38,3 +38,22 @@ def test_several_operations_and_empty_wells():
     assert wells.loc[wells.Metadata_Well == "C03", "Cells_AreaShape_Area_mean"].item() == 5.0
     with pytest.raises(ValueError, match="operations"):
         aggregate_wells(_cells(), operations=("max",))
+
+
+def test_site_profiles_and_their_mean_per_well():
+    from cellfeat.aggregate import SITE_KEYS, mean_over_sites
+
+    sites = aggregate_wells(_cells(), keys=SITE_KEYS)
+    b02 = sites[(sites.Metadata_Plate == 1) & (sites.Metadata_Well == "B02")]
+    assert b02.Metadata_Site.tolist() == [1, 2] and b02.Cells_AreaShape_Area.tolist() == [15.0, 90.0]
+    listed = pd.DataFrame({"Metadata_Experiment": "E-01", "Metadata_Plate": [1], "Metadata_Well": ["C03"], "Metadata_Site": [2]})
+    sites = aggregate_wells(_cells(), keys=SITE_KEYS, wells=listed)  # C03 site 2 imaged, no cells found
+    wells = mean_over_sites(sites.assign(Metadata_WellType="treatment"))
+    assert len(wells) == 3 and wells.columns[:4].tolist() == ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well",
+                                                               "Metadata_WellType"]  # fmt: skip
+    by_well = wells.set_index(["Metadata_Plate", "Metadata_Well"])
+    assert by_well.loc[(1, "B02"), "Cells_AreaShape_Area"] == 52.5  # mean of the site medians 15 and 90
+    assert by_well.loc[(1, "B02"), "Metadata_CellCount"] == 3
+    assert by_well.loc[(1, "C03"), "Cells_AreaShape_Area"] == 5.0  # the site without cells has no say
+    with pytest.raises(ValueError, match="Metadata_Site"):
+        mean_over_sites(wells)

@@ -68,6 +68,16 @@ def test_tables_have_the_documented_schema(reference):
     assert (merged.loc[per_well.index, "Metadata_CellCount"] == per_well).all()
     b02 = cells[(cells.Metadata_Plate == 1) & (cells.Metadata_Well == "B02")]
     assert merged.loc[(1, "B02"), "Nuclei_AreaShape_Area"] == pytest.approx(b02.Nuclei_AreaShape_Area.median())
+    sites = pd.read_parquet(reference / "sites" / "U2OS-01.parquet")
+    assert list(sites.columns[:5]) == ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Metadata_Site",
+                                       "Metadata_CellCount"]  # fmt: skip
+    assert len(sites) == 2 * len(wells) and set(sites.columns) == set(wells.columns) | {"Metadata_Site"}
+    per_site = cells.groupby(["Metadata_Plate", "Metadata_Well", "Metadata_Site"]).size()
+    assert (sites.set_index(["Metadata_Plate", "Metadata_Well", "Metadata_Site"]).loc[per_site.index, "Metadata_CellCount"]
+            == per_site).all()  # fmt: skip
+    site1 = b02[b02.Metadata_Site == 1]
+    assert sites[(sites.Metadata_Plate == 1) & (sites.Metadata_Well == "B02") & (sites.Metadata_Site == 1)
+                 ].Nuclei_AreaShape_Area.item() == pytest.approx(site1.Nuclei_AreaShape_Area.median())  # fmt: skip
     provenance = read_provenance(reference / "wells" / "U2OS-01.parquet")
     assert provenance["segmenter"] == "classical" and provenance["config"]["features"]["families"][0] == "AreaShape"
     assert "numpy" in provenance["versions"]

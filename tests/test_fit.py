@@ -14,8 +14,11 @@ from pipelines.cli import main
 from pipelines.fit import FitError, read_well_tables
 
 
-def _write_dataset(tmp_path, n_features=16, seed=0):
-    """Kaggle metadata from the synthetic design, and well tables: siRNA centre + plate gain/offset + noise."""
+def _write_dataset(tmp_path, n_features=16, seed=0, sites=0):
+    """Kaggle metadata from the synthetic design, and well tables: siRNA centre + plate gain/offset + noise.
+
+    ``sites`` > 0: site tables instead (``Metadata_Site`` 1..sites, each site its own noise), in ``sites/``.
+    """
     spec = SynthSpec(train_experiments=("HUVEC-01", "HUVEC-02", "RPE-01", "RPE-02"), test_experiments=("U2OS-01",),
                      treatments_per_plate=6, positive_controls=4, sites=1)  # fmt: skip
     design = design_plates(spec)
@@ -24,12 +27,15 @@ def _write_dataset(tmp_path, n_features=16, seed=0):
     tables = {}
     for (exp, plate), part in design.groupby(["experiment", "plate"]):
         gain, offset = rng.lognormal(0, 0.5, n_features), rng.normal(0, 3, n_features)
+        part = part.loc[part.index.repeat(max(sites, 1))]
         x = np.stack([centre[s] for s in part.sirna]) + rng.normal(0, 0.35, (len(part), n_features))
         feats = pd.DataFrame(gain * x + offset, columns=[f"Cells_F{i}" for i in range(n_features)]).astype(np.float32)
         meta = pd.DataFrame({"Metadata_Experiment": exp, "Metadata_Plate": plate, "Metadata_Well": part.well.to_numpy(),
                              "Metadata_WellType": part.well_type.to_numpy(), "Metadata_CellCount": 50})  # fmt: skip
+        if sites:
+            meta.insert(3, "Metadata_Site", np.tile(np.arange(1, sites + 1), len(part) // sites))
         tables.setdefault(exp, []).append(pd.concat([meta, feats], axis=1))
-    wells_dir = tmp_path / "wells"
+    wells_dir = tmp_path / ("sites" if sites else "wells")
     wells_dir.mkdir()
     for exp, parts in tables.items():
         pd.concat(parts).to_parquet(wells_dir / f"{exp}.parquet")
@@ -90,3 +96,46 @@ def test_fit_then_submit_with_the_model(tmp_path):
     t.rename(columns={"Cells_F3": "Cells_G3"}).to_parquet(wells_dir / "U2OS-01.parquet")
     assert main(["submit", "--model", str(model), "--wells", str(wells_dir), "--metadata", str(meta_dir), "--out", str(tmp_path / "x.csv")]) == 2
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("mode", ["mean", "rows"])
+def test_site_profiles_fit_and_submit_one_row_per_well(tmp_path, mode):
+    sites_dir, meta_dir = _write_dataset(tmp_path, sites=2)
+    config = tmp_path / "sites.toml"
+    config.write_text(f'[fit]\nsites = "{mode}"\n')
+    model = tmp_path / "model"
+    assert main(["fit", "--wells", str(sites_dir), "--metadata", str(meta_dir), "--config", str(config), "--out", str(model),
+                 "--folds", "2"]) == 0  # fmt: skip
+    report = json.loads((model / "report.json").read_text())
+    assert report["profiles"] == f"sites ({mode})" and report["cv_summary"]["all"]["top1"] > 5 / 24
+    trained = joblib.load(model / "model.joblib")
+    test = pd.read_parquet(sites_dir / "U2OS-01.parquet").reset_index(drop=True).assign(Metadata_CellType="U2OS")
+    test.loc[0, "Metadata_CellCount"] = 0  # an empty site: its well is the other site's
+    rows, proba = trained.predict_wells(test)
+    assert len(rows) == len(test) // 2 and "Metadata_Site" not in rows.columns
+    assert not rows.duplicated(["Metadata_Experiment", "Metadata_Plate", "Metadata_Well"]).any()
+    assert proba.shape == (len(rows), 1108) and np.allclose(proba.sum(1), 1)
+    out = tmp_path / "submission.csv"
+    assert main(["submit", "--model", str(model), "--wells", str(sites_dir), "--metadata", str(meta_dir), "--out", str(out)]) == 0
+    truth = pd.read_csv(meta_dir / "synth_truth.csv").set_index("id_code").sirna
+    sub = pd.read_csv(out)
+    assert (sub.sirna.to_numpy() == truth.loc[sub.id_code].to_numpy()).mean() > 5 / 24
+    with pytest.raises(FitError, match="fitted on site profiles"):
+        trained.predict_wells(test.drop(columns="Metadata_Site"))
+
+
+def test_site_rows_average_the_sites_probabilities(tmp_path):
+    from pipelines.fit import as_profiles
+
+    sites_dir, _ = _write_dataset(tmp_path, sites=2)
+    table = pd.read_parquet(sites_dir / "HUVEC-01.parquet").reset_index(drop=True)
+    table.loc[[0, 1], "Metadata_CellCount"] = 0  # both sites of the first well empty: kept
+    table.loc[2, "Metadata_CellCount"] = 0  # one site of the second: dropped
+    rows = as_profiles(table, "rows")
+    assert len(rows) == len(table) - 1 and rows.index.is_unique
+    wells = as_profiles(table, "mean")
+    assert len(wells) == len(table) // 2
+    first = table.iloc[:2]
+    assert wells["Cells_F0"].iloc[0] == pytest.approx(first["Cells_F0"].mean(), rel=1e-6)
+    with pytest.raises(FitError, match="sites must be one of"):
+        as_profiles(table, "median")
