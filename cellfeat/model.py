@@ -67,7 +67,7 @@ class SirnaClassifier:
         learning_rate: float = 0.05,
         num_leaves: int = 15,
         min_child_samples: int = 3,
-        colsample_bytree: float = 0.2,
+        colsample_bytree: float = 0.1,
         subsample: float = 0.8,
         reg_lambda: float = 1.0,
         max_bin: int = 31,

@@ -85,7 +85,9 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
 
 
 def _add_fit(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wells", required=True, help="folder of per-well tables (OUT/wells from cellfeat extract) or one parquet file")
+    p.add_argument("--profiles", "--wells", dest="wells", required=True, metavar="PROFILES",
+                   help="profile tables of cellfeat extract: OUT/sites (one row a site, used as [fit] sites says) or "
+                        "OUT/wells (one row a well), or one parquet file")
     p.add_argument("--metadata", required=True, help="RxRx1 metadata folder or CSV: labels and siRNA groups")
     p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml ([fit] tables)")
     p.add_argument("--out", required=True, help="model folder to write")
@@ -97,7 +99,8 @@ def _add_submit(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="table (Parquet, or .csv) with id_code and sirna_0..sirna_1107, one row per test well")
     source.add_argument("--model", help="fitted model folder (needs the fit stage); use with --wells")
-    p.add_argument("--wells", help="per-well feature tables of the test wells, with --model")
+    p.add_argument("--profiles", "--wells", dest="wells", metavar="PROFILES",
+                   help="profile tables holding the test wells, of the kind the model was fitted on (OUT/sites or OUT/wells), with --model")
     p.add_argument("--metadata", required=True, help="RxRx1 metadata folder: siRNA groups from train, wells and order from test")
     p.add_argument("--out", required=True, help="submission CSV to write (id_code,sirna)")
     mode = p.add_mutually_exclusive_group()

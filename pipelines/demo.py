@@ -65,12 +65,12 @@ def run(args) -> int:
         _call(["extract", "--data-root", str(data), "--metadata", str(data), "--experiment", experiment,
                "--config", str(config), "--out", str(tables), "--jobs", str(args.jobs),
                *([] if args.embed else ["--no-embed"])])  # fmt: skip
-    _call(["fit", "--wells", str(tables / "wells"), "--metadata", str(data), "--config", str(config), "--out", str(model)])
+    _call(["fit", "--profiles", str(tables / "sites"), "--metadata", str(data), "--config", str(config), "--out", str(model)])
     truth = pd.read_csv(data / "synth_truth.csv").set_index("id_code")
     scores = {}
     for name, flags in (("argmax", ["--no-assign"]), ("assigned", [])):
         submission = out / f"submission_{name}.csv"
-        _call(["submit", "--model", str(model), "--wells", str(tables / "wells"), "--metadata", str(data),
+        _call(["submit", "--model", str(model), "--profiles", str(tables / "sites"), "--metadata", str(data),
                "--out", str(submission), *flags])  # fmt: skip
         scores[name] = accuracy(submission, truth)
     report = json.loads((model / "report.json").read_text())

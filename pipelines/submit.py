@@ -4,9 +4,10 @@ Two sources of probabilities:
 
 * ``--predictions P``: a table (Parquet, or CSV by its suffix) with one row per test well:
   ``id_code`` (``HEPG2-08_1_B03`` = experiment_plate_well) and ``sirna_0`` .. ``sirna_1107``;
-* ``--model MODEL_DIR --wells WELLS_DIR``: the fitted classifier applied to per-well features.
-  the model normalizes each test plate by its own control wells, so the well tables must hold
-  the test plates' control wells too (``cellfeat extract`` writes them).
+* ``--model MODEL_DIR --profiles DIR``: the fitted classifier applied to the profiles of the kind
+  it was fitted on (``OUT/sites`` or ``OUT/wells``; site rows' probabilities are averaged per
+  well). The model normalizes each test plate by its own control wells, so the tables must
+  hold the test plates' control wells too (``cellfeat extract`` writes them).
 
 With ``--model``, the predictions table is also written beside the submission
 (``{out}.predictions.parquet``) for other analyses, and ``--predictions`` reruns the
@@ -208,7 +209,7 @@ def run(args) -> int:
     wells = read_metadata(args.metadata)
     if args.model or args.wells:
         if not (args.model and args.wells):
-            raise SubmissionError("--model and --wells go together: the model folder and the per-well feature folder")
+            raise SubmissionError("--model and --profiles go together: the model folder and the profile tables (OUT/sites or OUT/wells)")
         table = predictions_from_model(args.model, args.wells, wells)
         check_prediction_columns(table, source=args.model)
         preds = Path(args.out).with_suffix(".predictions.parquet")

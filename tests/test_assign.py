@@ -315,12 +315,12 @@ def test_submit_undecided_groups_warn_or_fail_with_strict(tmp_path, caplog):
 
 def test_submit_model_path_needs_a_fitted_model(tmp_path, caplog):
     _write_small_metadata(tmp_path / "meta")
-    argv = ["submit", "--model", str(tmp_path / "model"), "--wells", str(tmp_path / "wells"),
+    argv = ["submit", "--model", str(tmp_path / "model"), "--profiles", str(tmp_path / "wells"),
             "--metadata", str(tmp_path / "meta"), "--out", str(tmp_path / "s.csv")]  # fmt: skip
     assert main(argv) == 2
     assert "run `cellfeat fit --out" in caplog.text
-    assert main(argv[:3] + argv[5:]) == 2  # --model without --wells
-    assert "--model and --wells go together" in caplog.text
+    assert main(argv[:3] + argv[5:]) == 2  # --model without --profiles
+    assert "--model and --profiles go together" in caplog.text
 
 
 @pytest.mark.realdata

@@ -50,6 +50,7 @@ def _write_dataset(tmp_path, n_features=16, seed=0, sites=0):
 def test_fit_writes_model_and_a_validation_report(tmp_path):
     wells_dir, meta_dir = _write_dataset(tmp_path)
     out = tmp_path / "model"
+    # --wells: the older name of --profiles, still accepted
     assert main(["fit", "--wells", str(wells_dir), "--metadata", str(meta_dir), "--out", str(out), "--folds", "2"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["experiments"] == ["HUVEC-01", "HUVEC-02", "RPE-01", "RPE-02"]  # test experiment not trained on
@@ -72,17 +73,17 @@ def test_fit_refuses_bad_well_tables(tmp_path):
     with pytest.raises(FitError, match="RPE-01.parquet lacks column"):
         read_well_tables(wells_dir)
     t.assign(Cells_F0=np.inf).to_parquet(wells_dir / "RPE-01.parquet")
-    assert main(["fit", "--wells", str(wells_dir), "--metadata", str(meta_dir), "--out", str(tmp_path / "m")]) == 2
+    assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(tmp_path / "m")]) == 2
     t[t.Metadata_WellType == "treatment"].to_parquet(wells_dir / "RPE-01.parquet")  # controls gone
-    assert main(["fit", "--wells", str(wells_dir), "--metadata", str(meta_dir), "--out", str(tmp_path / "m")]) == 2
+    assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(tmp_path / "m")]) == 2
 
 
 def test_fit_then_submit_with_the_model(tmp_path):
     wells_dir, meta_dir = _write_dataset(tmp_path)
     model = tmp_path / "model"
-    assert main(["fit", "--wells", str(wells_dir), "--metadata", str(meta_dir), "--out", str(model), "--folds", "0"]) == 0
+    assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(model), "--folds", "0"]) == 0
     out = tmp_path / "sub" / "submission.csv"
-    assert main(["submit", "--model", str(model), "--wells", str(wells_dir), "--metadata", str(meta_dir), "--out", str(out)]) == 0
+    assert main(["submit", "--model", str(model), "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(out)]) == 0
     sub = pd.read_csv(out)
     test_ids = pd.read_csv(meta_dir / "sample_submission.csv").id_code
     assert sub.id_code.tolist() == test_ids.tolist()
@@ -94,7 +95,7 @@ def test_fit_then_submit_with_the_model(tmp_path):
     # a model trained on other features: a clear error, no submission
     t = pd.read_parquet(wells_dir / "U2OS-01.parquet")
     t.rename(columns={"Cells_F3": "Cells_G3"}).to_parquet(wells_dir / "U2OS-01.parquet")
-    assert main(["submit", "--model", str(model), "--wells", str(wells_dir), "--metadata", str(meta_dir), "--out", str(tmp_path / "x.csv")]) == 2
+    assert main(["submit", "--model", str(model), "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(tmp_path / "x.csv")]) == 2
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -104,7 +105,7 @@ def test_site_profiles_fit_and_submit_one_row_per_well(tmp_path, mode):
     config = tmp_path / "sites.toml"
     config.write_text(f'[fit]\nsites = "{mode}"\n')
     model = tmp_path / "model"
-    assert main(["fit", "--wells", str(sites_dir), "--metadata", str(meta_dir), "--config", str(config), "--out", str(model),
+    assert main(["fit", "--profiles", str(sites_dir), "--metadata", str(meta_dir), "--config", str(config), "--out", str(model),
                  "--folds", "2"]) == 0  # fmt: skip
     report = json.loads((model / "report.json").read_text())
     assert report["profiles"] == f"sites ({mode})" and report["cv_summary"]["all"]["top1"] > 5 / 24
@@ -116,7 +117,7 @@ def test_site_profiles_fit_and_submit_one_row_per_well(tmp_path, mode):
     assert not rows.duplicated(["Metadata_Experiment", "Metadata_Plate", "Metadata_Well"]).any()
     assert proba.shape == (len(rows), 1108) and np.allclose(proba.sum(1), 1)
     out = tmp_path / "submission.csv"
-    assert main(["submit", "--model", str(model), "--wells", str(sites_dir), "--metadata", str(meta_dir), "--out", str(out)]) == 0
+    assert main(["submit", "--model", str(model), "--profiles", str(sites_dir), "--metadata", str(meta_dir), "--out", str(out)]) == 0
     truth = pd.read_csv(meta_dir / "synth_truth.csv").set_index("id_code").sirna
     sub = pd.read_csv(out)
     assert (sub.sirna.to_numpy() == truth.loc[sub.id_code].to_numpy()).mean() > 5 / 24
