@@ -417,8 +417,6 @@ def backbone_label(backbone: str) -> str:
 # --------------------------------------------------------------------------- inference
 
 
-
-
 class Embedder:
     """Run a feature module over crops in mini-batches: ``embed((N, C, h, w)) -> (N, D)`` float32.
 

@@ -165,7 +165,7 @@ def _classifier(config: dict, n_estimators: int | None = None, early_stopping: b
 def fit_model(train: pd.DataFrame, config: dict, groups: pd.Series, *, valid: pd.DataFrame | None = None, n_estimators: int | None = None) -> TrainedModel:
     """Fit normalizer and classifier(s) on ``train`` (all well types; learns from treatments):
     well profiles, or site profiles used as ``[fit] sites`` says (:func:`as_profiles`)."""
-    sites = config["fit"].get("sites", "mean") if "Metadata_Site" in train.columns else None
+    sites = config["fit"]["sites"] if "Metadata_Site" in train.columns else None
     if sites is not None:
         train = as_profiles(train, sites)
         valid = None if valid is None else as_profiles(valid, sites)
@@ -250,7 +250,7 @@ def run(args) -> int:
     features = feature_columns(train)
     check_features(train, features)
     n_wells = len(train[list(WELL_KEYS)].drop_duplicates())
-    profiles = f"sites ({config['fit'].get('sites', 'mean')})" if "Metadata_Site" in train.columns else "wells"
+    profiles = f"sites ({config['fit']['sites']})" if "Metadata_Site" in train.columns else "wells"
     log.info("%d training wells (%d rows; profiles: %s) from %d experiments, %d features", n_wells, len(train), profiles,
              train["Metadata_Experiment"].nunique(), len(features))  # fmt: skip
     report: dict = {"n_wells": n_wells, "profiles": profiles, "experiments": sorted(train["Metadata_Experiment"].unique()),
