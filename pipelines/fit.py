@@ -191,6 +191,26 @@ def fit_model(train: pd.DataFrame, config: dict, groups: pd.Series, *, valid: pd
     return TrainedModel(normalizer=normalizer, classifiers=classifiers, config=config, versions=versions(), sites=sites)
 
 
+def effective_folds(requested: int, n_experiments: int) -> int:
+    """Cross-validation folds for ``n_experiments`` training experiments: ``requested`` capped at
+    one experiment a fold (logged), 0 (no validation, logged) with fewer than 2 experiments or
+    ``requested`` 0. The final model is fitted either way."""
+    if requested == 1:
+        raise FitError("folds = 1 leaves no experiment to train on; use 0 (no cross-validation) or 2 and more")
+    if requested <= 0:
+        log.warning("folds = 0: no cross-validation; the report has no accuracy")
+        return 0
+    if n_experiments < 2:
+        log.warning("%d training experiment(s): cross-validation needs 2 or more, skipped; the final model is still "
+                    "fitted, the report has no accuracy", n_experiments)  # fmt: skip
+        return 0
+    if requested > n_experiments:
+        log.info("folds = %d but only %d training experiments: using %d folds (one experiment a fold)",
+                 requested, n_experiments, n_experiments)  # fmt: skip
+        return n_experiments
+    return requested
+
+
 def _scores_dict(scores) -> dict:
     return {k: {"top1": v.top1, "top5": v.top5, "n": v.n} for k, v in scores.items()}
 
@@ -256,13 +276,13 @@ def run(args) -> int:
     report: dict = {"n_wells": n_wells, "profiles": profiles, "experiments": sorted(train["Metadata_Experiment"].unique()),
                     "n_features_in": len(features)}  # fmt: skip
     n_estimators = None
-    if config["fit"]["folds"] and train["Metadata_Experiment"].nunique() >= 2:
-        cv = cross_validate(train, config, groups)
+    folds = effective_folds(int(config["fit"]["folds"]), train["Metadata_Experiment"].nunique())
+    report["folds"] = folds
+    if folds:
+        cv = cross_validate(train, {**config, "fit": {**config["fit"], "folds": folds}}, groups)
         report["cv"] = cv
         report["cv_summary"] = summarize(cv)
         n_estimators = max(10, int(np.median(cv["best_iterations"])))
-    else:
-        log.warning("fewer than 2 training experiments or folds = 0: no validation, the report has no accuracy")
     log.info("final model on all %d training experiments (%s rounds)", len(report["experiments"]), n_estimators or "config")
     model = fit_model(train, config, groups, n_estimators=n_estimators)
     out = Path(args.out)
@@ -278,7 +298,7 @@ def run(args) -> int:
     chance = 1.0 / max(train.loc[train["Metadata_WellType"] == "treatment", "Metadata_Sirna"].nunique(), 1)
     report["chance"] = chance  # top-1 of a uniform guess over the training siRNAs
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    text = format_report(report["cv_summary"], chance) if "cv_summary" in report else "no validation (fewer than 2 training experiments)"
+    text = format_report(report["cv_summary"], chance) if "cv_summary" in report else "no validation (folds = 0 or fewer than 2 training experiments)"
     (out / "report.txt").write_text(text + "\n")
     log.info("validation across experiments (before plate assignment):\n%s", text)
     log.info("wrote %s (%.0f s)", out / MODEL_FILE, report["seconds"])

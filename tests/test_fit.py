@@ -140,3 +140,21 @@ def test_site_rows_average_the_sites_probabilities(tmp_path):
     assert wells["Cells_F0"].iloc[0] == pytest.approx(first["Cells_F0"].mean(), rel=1e-6)
     with pytest.raises(FitError, match="sites must be one of"):
         as_profiles(table, "median")
+
+
+@pytest.mark.parametrize("n_experiments, folds", [(2, 2), (1, 0)])
+def test_default_folds_fit_any_number_of_training_experiments(tmp_path, n_experiments, folds, caplog):
+    """`cellfeat synth` makes 2 training experiments and [fit] folds is 3: the folds are capped at
+    the experiments; with one experiment cross-validation is skipped and the model still fitted."""
+    wells_dir, meta_dir = _write_dataset(tmp_path)
+    for name in ["HUVEC-01", "HUVEC-02", "RPE-01", "RPE-02"][n_experiments:]:
+        (wells_dir / f"{name}.parquet").unlink()
+    out = tmp_path / "model"
+    with caplog.at_level("INFO", logger="pipelines.fit"):
+        assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["folds"] == folds and (out / "model.joblib").is_file()
+    assert len(report.get("cv", {}).get("folds", [])) == folds
+    assert ("only 2 training experiments: using 2 folds" in caplog.text) == (folds == 2)
+    assert ("cross-validation needs 2 or more, skipped" in caplog.text) == (folds == 0)
+    assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(out), "--folds", "1"]) == 2
