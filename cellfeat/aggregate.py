@@ -36,6 +36,12 @@ def aggregate_wells(
     if missing:
         raise ValueError(f"per-cell table lacks key column(s) {missing}")
     features = [c for c in cells.columns if not c.startswith("Metadata_")]
+    if cells.empty:  # no cell at all: the listed wells with count 0 (groupby of nothing has no shape to join)
+        listed = (wells[keys].drop_duplicates() if wells is not None else cells[keys]).sort_values(keys).reset_index(drop=True)
+        counts = pd.DataFrame({"Metadata_CellCount": np.zeros(len(listed), np.int64)})
+        columns = [f"{c}_{op}" if len(operations) > 1 else c for op in operations for c in features]
+        return pd.concat([listed, counts, pd.DataFrame(np.full((len(listed), len(columns)), np.nan, np.float32),
+                                                       columns=columns)], axis=1)  # fmt: skip
     grouped = cells.groupby(keys, sort=True)
     parts = []
     for op in operations:

@@ -57,24 +57,33 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2; the bytes do not depend on it)")
 
 
+def _add_input(p: argparse.ArgumentParser, *, metadata: str, experiment: str) -> None:
+    """The input options every command that reads images shares (:mod:`pipelines.inputs`)."""
+    p.add_argument("--data-root", help="RxRx1: the folder holding train/ and test/ (Kaggle) or images/ (rxrx.ai)")
+    p.add_argument("--load-data", metavar="CSV",
+                   help="instead: CellProfiler's LoadData CSV (FileName_/PathName_{Channel}, Metadata_Plate/_Well/_Site)")
+    p.add_argument("--metadata", help=metadata)
+    p.add_argument("--experiment", help=experiment)
+
+
 def _add_show(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", required=True, help="folder holding train/ and test/ (Kaggle) or images/ (rxrx.ai)")
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--plate", type=int, required=True)
+    _add_input(p, metadata="RxRx1 metadata folder or CSV (check the well is listed), or a plate map for --load-data",
+               experiment="experiment, e.g. HUVEC-01 (with --load-data: only where the CSV has Metadata_Experiment)")  # fmt: skip
+    p.add_argument("--plate", required=True, help="plate (RxRx1: its number)")
     p.add_argument("--well", required=True, help="well name such as B02")
     p.add_argument("--site", type=int, default=1)
-    p.add_argument("--metadata", help="metadata folder or CSV: check the well exists in it first")
     p.add_argument("--config", help="TOML config (default configs/rxrx1.toml)")
     p.add_argument("--out", required=True, help="PNG file to write")
 
 
 def _add_extract(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", required=True, help="folder holding train/ and test/ (Kaggle) or images/ (rxrx.ai)")
-    p.add_argument("--metadata", required=True, help="RxRx1 metadata folder or CSV: which wells the experiment has")
-    p.add_argument("--experiment", required=True, help="experiment to extract, e.g. HUVEC-01")
+    _add_input(p, metadata="RxRx1 metadata folder or CSV: which wells the experiment has, with labels (needed with "
+                           "--data-root); with --load-data a table joined on Metadata_Plate/Metadata_Well (e.g. a plate map)",
+               experiment="experiment to extract, e.g. HUVEC-01 (needed with --data-root); with --load-data: the CSV's "
+                          "Metadata_Experiment to keep, or the name of its experiment (default: the CSV's stem)")  # fmt: skip
     p.add_argument("--plates", help="comma-separated plates (default: all)")
     p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml")
-    p.add_argument("--out", required=True, help="output folder: cells/, wells/, failures/")
+    p.add_argument("--out", required=True, help="output folder: cells/, wells/, sites/, failures/")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--dask", metavar="ADDRESS", help="run the units on the Dask scheduler at ADDRESS instead")
     p.add_argument("--segmenter", choices=["classical", "cellpose", "auto"], help="default from config (auto)")
@@ -114,9 +123,9 @@ def _add_submit(p: argparse.ArgumentParser) -> None:
 
 
 def _add_segment(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", help="folder holding train/ and test/ (Kaggle) or images/ (rxrx.ai)")
-    p.add_argument("--experiment", help="experiment to segment, e.g. HUVEC-01")
-    p.add_argument("--plate", type=int, help="only this plate")
+    _add_input(p, metadata="RxRx1 metadata folder or CSV (default: the wells on disk), or a plate map for --load-data",
+               experiment="experiment to segment, e.g. HUVEC-01 (needed with --data-root)")  # fmt: skip
+    p.add_argument("--plate", help="only this plate")
     p.add_argument("--well", help="only this well, e.g. B02")
     p.add_argument("--site", type=int, help="only this site")
     p.add_argument("--image", help="instead: one grey image file (PNG/TIFF), nuclei only")
@@ -133,7 +142,9 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the folder cellfeat extract wrote (holding wells/ and cells/)")
     p.add_argument("--experiment", help="only this experiment (default: every OUT/wells/*.parquet)")
     p.add_argument("--model", metavar="MODEL_DIR", help="model folder of cellfeat fit: adds its validation accuracy (report.json)")
-    p.add_argument("--data-root", help="image folder extract read: adds sample sites, re-segmented with the recorded segmenter")
+    p.add_argument("--data-root", help="RxRx1 image folder extract read: adds sample sites, re-segmented with the recorded "
+                                       "segmenter (tables from --load-data find their CSV in their provenance)")
+    p.add_argument("--load-data", metavar="CSV", help="the LoadData CSV extract read, where it has moved since")
     p.add_argument("--metadata", help="RxRx1 metadata folder or CSV: take well types and labels from it instead of the tables")
     p.add_argument("--html", help="page to write, PNGs beside it (default OUT/report/index.html)")
 
@@ -164,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as exc:  # our errors say what and how to fix
+    except (ValueError, OSError, KeyError) as exc:  # our errors say what and how to fix; OSErrors name their file
         logging.getLogger("cellfeat").error("%s", exc)
         return 2
 

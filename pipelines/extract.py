@@ -1,48 +1,64 @@
-"""``cellfeat extract``: every site of an experiment -> per-cell and per-well Parquet tables.
+"""``cellfeat extract``: every site of an input -> per-cell, per-site and per-well Parquet tables.
 
-Writes, under ``--out``::
+The input is RxRx1's folders (``--data-root --metadata --experiment``) or CellProfiler's LoadData
+CSV (``--load-data``), read into one list of sites (:mod:`pipelines.inputs`); nothing below
+knows which. Writes, under ``--out``::
 
     cells/{experiment}/Plate{p}.parquet   one row per cell: Metadata_Experiment, _Plate, _Well,
                                           _Site, _ObjectNumber, _BorderObject, features, embeddings
-    wells/{experiment}.parquet            one row per well: keys, Metadata_CellCount, _WellType,
-                                          _CellType, _Sirna, _Dataset, _IdCode, aggregated columns
+    wells/{experiment}.parquet            one row per well: keys, Metadata_CellCount, the input's
+                                          well metadata (cell type, well type, labels...), aggregates
     sites/{experiment}.parquet            the same, one row per site (keys with Metadata_Site)
-    failures/{experiment}.csv             sites skipped with --skip-bad, and why
+    failures/{experiment}.csv             sites skipped with --skip-bad, the stage and why
 
 Work is split into units of a few whole wells (``[extract] chunk_wells``). A unit's files are
 written under temporary names and renamed, so a killed run loses at most the units in flight;
-a rerun skips finished units and plates (``--overwrite`` redoes them). Units run in
-``--jobs`` worker processes (joblib), or on a Dask cluster with ``--dask ADDRESS``. Where
-Cellpose or the embeddings run on a GPU, they run batched in this process and the workers do
-the CPU stages (:mod:`pipelines.extract_device`).
+a rerun skips finished units and plates (``--overwrite`` redoes them). A run locks the plates
+it works on (:mod:`pipelines.locks`): a second run on the same ``--out`` leaves them alone and
+says so. Units run in ``--jobs`` worker processes (joblib), or on a Dask cluster with
+``--dask ADDRESS``. Where Cellpose or the embeddings run on a GPU, they run batched in this
+process and the workers do the CPU stages (:mod:`pipelines.extract_device`).
+
+A site that cannot be read (missing, empty, truncated or mismatched files) stops the run with
+a list of what is wrong, before any work where a stat call can tell; with ``--skip-bad`` it is
+recorded in ``failures/`` and everything else is extracted. A site that is read but has no
+cells (an empty or saturated field) is in ``sites/`` and ``wells/`` with ``Metadata_CellCount`` 0.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cellfeat.layout import SiteKey, cell_type_of, discover_sites, read_metadata, site_files
+from cellfeat.images import ImageError, load_site
+from cellfeat.layout import WELL_KEYS, SiteRecord, SiteSet, plate_stem
 from pipelines.config import load_config, with_device
 from pipelines.extract_unit import Context, Unit, UnitResult, run_unit
+from pipelines.inputs import open_input, parse_plates
+from pipelines.locks import LockBusy, experiment_lock, plate_lock
 from pipelines.provenance import versions
+from pipelines.settings import parse_settings
 from pipelines.tables import concat_parquet, write_csv, write_parquet
 
 log = logging.getLogger(__name__)
 
-WELL_META = ["Metadata_IdCode", "Metadata_Dataset", "Metadata_CellType", "Metadata_WellType", "Metadata_Sirna"]
 # Rows a row group of the merged plate files. A row group costs metadata for each of the ~3,900
 # columns (about 3 MB in the writer, 0.5 MB of footer): one a unit (77 a plate) made a full HUVEC
 # plate's merge peak near 1 GB with a 37 MB footer; 8,192 rows: 0.65 GB, 5 MB (scripts/bench_extract.py).
 CELLS_ROW_GROUP_ROWS = 8192
 PROFILE_ROW_GROUP_ROWS = 1 << 30  # a plate's wells or sites (at most a few hundred rows): one row group
 PROFILES = ("wells", "sites")  # per-well and per-site profile tables, each OUT/{kind}/{experiment}.parquet
+FAILURE_COLUMNS = ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Metadata_Site", "stage", "error"]
+STATS_SITES = 8  # sites a plate's crop normalization statistics are pooled over
 
 
 class ExtractError(ValueError):
@@ -52,86 +68,62 @@ class ExtractError(ValueError):
 # --------------------------------------------------------------------------- planning
 
 
-def plan_sites(data_root: str | Path, wells: pd.DataFrame, experiment: str, plates: list[int] | None) -> pd.DataFrame:
-    """Every (plate, well, site) to process: the metadata's wells x the sites found on disk."""
-    exp_wells = wells[wells["Metadata_Experiment"] == experiment]
-    if exp_wells.empty:
-        known = sorted(wells["Metadata_Experiment"].unique())
-        raise ExtractError(f"experiment {experiment!r} is not in the metadata; it has {len(known)}: {known[:10]}")
-    if plates:
-        missing = sorted(set(plates) - set(exp_wells["Metadata_Plate"]))
-        if missing:
-            raise ExtractError(f"{experiment} has no plate(s) {missing} in the metadata; it has {sorted(exp_wells['Metadata_Plate'].unique())}")
-        exp_wells = exp_wells[exp_wells["Metadata_Plate"].isin(plates)]
-    on_disk = discover_sites(data_root)
-    on_disk = on_disk[on_disk["Metadata_Experiment"] == experiment]
-    if on_disk.empty:
-        raise ExtractError(
-            f"no images of {experiment} under {data_root}: expected train/{experiment}/Plate1/... (Kaggle) or "
-            f"images/{experiment}/Plate1/... (rxrx.ai). Check --data-root."
-        )
-    site_numbers = sorted(on_disk["Metadata_Site"].unique())
-    rows = [
-        (int(r.Metadata_Plate), r.Metadata_Well, s)
-        for r in exp_wells.sort_values(["Metadata_Plate", "Metadata_Well"]).itertuples()
-        for s in site_numbers
-    ]
-    return pd.DataFrame(rows, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site"])
-
-
-def check_files(data_root: str | Path, experiment: str, sites: pd.DataFrame, channels: list[int]) -> list[str]:
-    """Missing channel files of the planned sites, one line each (cheap: stat calls only)."""
-    problems = []
-    for plate, part in sites.groupby("Metadata_Plate"):
-        try:
-            files = [site_files(data_root, SiteKey(experiment, int(plate), r.Metadata_Well, int(r.Metadata_Site)), channels)
-                     for r in part.itertuples()]  # fmt: skip
-        except FileNotFoundError as exc:
-            problems.append(str(exc))
-            continue
-        for paths in files:
-            absent = [p.name for p in paths if not p.is_file()]
-            if absent:
-                problems.append(f"{paths[0].parent}: missing {', '.join(absent)}")
+def file_problems(sites: Sequence[SiteRecord], channels: Sequence[str]) -> dict[SiteRecord, list[str]]:
+    """Sites whose files a stat call shows to be absent or empty, with one line a file."""
+    problems = {}
+    for record in sites:
+        lines = record.problems(channels)
+        if lines:
+            problems[record] = lines
     return problems
 
 
-def plate_stats(data_root, experiment: str, sites: pd.DataFrame, channels: list[int], n: int = 8) -> dict[int, tuple]:
-    """Per-channel (mean, std) of each plate, from ``n`` of its sites spread over the plate:
-    the crop normalization statistics when ``[embed] normalization = "given"``."""
+def plate_stats(records: Sequence[SiteRecord], channels: Sequence[str], *, skip: set, n: int = STATS_SITES):
+    """Per-channel ``(mean, std)`` of a plate from up to ``n`` of its readable sites, spread over
+    the plate (the crop normalization statistics when ``[embed] normalization = "given"``).
+
+    Sites in ``skip`` (known bad) are passed over, and so is a site that fails to load; returns
+    ``(None, errors)`` only when no site of the plate can be read."""
     from cellfeat.embed import pooled_stats
-    from cellfeat.images import load_site
 
-    stats = {}
-    for plate, part in sites.groupby("Metadata_Plate"):
-        picks = part.iloc[np.linspace(0, len(part) - 1, min(n, len(part))).astype(int)]
-        keys = [SiteKey(experiment, int(plate), r.Metadata_Well, int(r.Metadata_Site)) for r in picks.itertuples()]
-        mean, std = pooled_stats(load_site(site_files(data_root, k, channels)) for k in keys)
-        stats[int(plate)] = (tuple(map(float, mean)), tuple(map(float, std)))
-    return stats
+    candidates = [r for r in records if r not in skip]
+    order = list(np.linspace(0, len(candidates) - 1, min(n, len(candidates))).astype(int)) if candidates else []
+    order += [i for i in range(len(candidates)) if i not in set(order)]  # the rest, if the spread picks fail
+    pixels, errors = [], []
+    for i in order:
+        if len(pixels) == n:
+            break
+        try:
+            pixels.append(load_site(candidates[i].paths(channels)))
+        except (ImageError, OSError, ValueError) as exc:
+            errors.append(f"{candidates[i].key}: {exc}")
+    if not pixels:
+        return None, errors
+    mean, std = pooled_stats(pixels)
+    return (tuple(map(float, mean)), tuple(map(float, std))), errors
 
 
-def make_units(out: Path, experiment: str, sites: pd.DataFrame, chunk_wells: int, stats: dict[int, tuple] | None = None) -> dict[int, list[Unit]]:
-    units: dict[int, list[Unit]] = {}
-    for plate, part in sites.groupby("Metadata_Plate", sort=True):
-        wells = sorted(part["Metadata_Well"].unique())
-        parts_dir = out / "cells" / experiment / f".Plate{plate}.parts"
-        for start in range(0, len(wells), chunk_wells):
-            chunk = wells[start : start + chunk_wells]
-            chosen = part[part["Metadata_Well"].isin(chunk)]
+def make_units(out: Path, experiment: str, plate, records: Sequence[SiteRecord], cell_types: dict, chunk_wells: int,
+               stats: tuple | None) -> list[Unit]:  # fmt: skip
+    """One plate's sites in units of ``chunk_wells`` whole wells (a unit holds one cell type)."""
+    parts_dir = out / "cells" / experiment / f".{plate_stem(plate)}.parts"
+    by_well: dict[str, list[SiteRecord]] = {}
+    for record in records:
+        by_well.setdefault(record.key.well, []).append(record)
+    units = []
+    wells = sorted(by_well)
+    groups: dict[str | None, list[str]] = {}
+    for well in wells:
+        groups.setdefault(cell_types.get(well), []).append(well)
+    for cell_type, group in groups.items():
+        for start in range(0, len(group), chunk_wells):
+            chunk = group[start : start + chunk_wells]
             stem = f"{chunk[0]}-{chunk[-1]}"
-            units.setdefault(int(plate), []).append(
-                Unit(
-                    experiment=experiment,
-                    plate=int(plate),
-                    cell_type=cell_type_of(experiment),
-                    sites=tuple((w, int(s)) for w, s in zip(chosen["Metadata_Well"], chosen["Metadata_Site"])),
-                    cells_part=str(parts_dir / f"{stem}.cells.parquet"),
-                    wells_part=str(parts_dir / f"{stem}.wells.parquet"),
-                    sites_part=str(parts_dir / f"{stem}.sites.parquet"),
-                    stats=(stats or {}).get(int(plate)),
-                )
-            )
+            units.append(Unit(experiment=experiment, plate=plate, cell_type=cell_type,
+                              sites=tuple(r for w in chunk for r in sorted(by_well[w], key=lambda r: r.key.site)),
+                              cells_part=str(parts_dir / f"{stem}.cells.parquet"),
+                              wells_part=str(parts_dir / f"{stem}.wells.parquet"),
+                              sites_part=str(parts_dir / f"{stem}.sites.parquet"), stats=stats))  # fmt: skip
     return units
 
 
@@ -172,8 +164,8 @@ def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pro
     from pipelines.extract_device import run_with_device_stages, use_main_process
 
     if use_main_process(device_stages, ctx, jobs=jobs, dask=dask):
-        batch = int(ctx.config.get("segment", {}).get("cellpose", {}).get("batch_sites", 16))
-        return run_with_device_stages(units, ctx, jobs=jobs, batch_sites=max(1, batch), progress=progress)
+        batch = ctx.settings.segment.cellpose.batch_sites
+        return run_with_device_stages(units, ctx, jobs=jobs, batch_sites=batch, progress=progress)
     results = []
     if dask:
         from distributed import Client, as_completed
@@ -203,124 +195,207 @@ def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pro
 # --------------------------------------------------------------------------- finishing
 
 
-def finish_plate(out: Path, experiment: str, plate: int, units: list[Unit], provenance: dict) -> list[dict]:
-    """Merge a finished plate's unit files into its cell file; returns its failure rows."""
-    import json
+def plate_file(out: Path, experiment: str, plate) -> Path:
+    return out / "cells" / experiment / f"{plate_stem(plate)}.parquet"
 
-    cells = out / "cells" / experiment / f"Plate{plate}.parquet"
+
+def clean_plate(out: Path, experiment: str, plate, *, overwrite: bool) -> None:
+    """Remove what a killed run left of a plate (temporary files; the parts of a merged plate),
+    or with ``overwrite`` everything of it. Called with the plate's lock held."""
+    stem = plate_stem(plate)
+    folder = out / "cells" / experiment
+    parts = folder / f".{stem}.parts"
+    final = plate_file(out, experiment, plate)
+    if overwrite:
+        final.unlink(missing_ok=True)
+        for kind in PROFILES:
+            (out / kind / ".plates" / experiment / f"{stem}.parquet").unlink(missing_ok=True)
+    if overwrite or final.is_file():
+        shutil.rmtree(parts, ignore_errors=True)
+    leftovers = [*folder.glob(f".{stem}.parquet.*.part"), *(parts.glob(".*.part") if parts.is_dir() else [])]
+    leftovers += [f for kind in PROFILES for f in (out / kind / ".plates" / experiment).glob(f".{stem}.parquet.*.part")]
+    for f in leftovers:
+        f.unlink(missing_ok=True)
+
+
+def finish_plate(out: Path, experiment: str, plate, units: list[Unit], provenance: dict) -> list[dict]:
+    """Merge a finished plate's unit files into its cell file; returns its failure rows."""
+    cells = plate_file(out, experiment, plate)
     failures = [row for u in units for row in json.loads(u.failures_part().read_text())]
+    stem = plate_stem(plate)
     for kind in PROFILES:
-        concat_parquet([Path(getattr(u, f"{kind}_part")) for u in units], out / kind / ".plates" / experiment / f"Plate{plate}.parquet",
+        concat_parquet([Path(getattr(u, f"{kind}_part")) for u in units], out / kind / ".plates" / experiment / f"{stem}.parquet",
                        provenance, row_group_rows=PROFILE_ROW_GROUP_ROWS)  # fmt: skip
+    (out / "failures" / ".plates" / experiment).mkdir(parents=True, exist_ok=True)
+    write_csv(pd.DataFrame(failures, columns=FAILURE_COLUMNS), out / "failures" / ".plates" / experiment / f"{stem}.csv")
     concat_parquet([Path(u.cells_part) for u in units], cells, provenance, row_group_rows=CELLS_ROW_GROUP_ROWS)
     shutil.rmtree(Path(units[0].cells_part).parent)
     return failures
 
 
-def write_profiles(out: Path, kind: str, experiment: str, metadata: pd.DataFrame, provenance: dict) -> Path:
+def write_profiles(out: Path, kind: str, experiment: str, wells: pd.DataFrame, provenance: dict) -> Path | None:
     """``{kind}/{experiment}.parquet`` (kind ``wells`` or ``sites``) from every finished plate of
-    the experiment, with the wells' metadata."""
+    the experiment, with the input's well metadata (cell type, well type, labels...)."""
     plate_files = sorted((out / kind / ".plates" / experiment).glob("Plate*.parquet"))
+    if not plate_files:
+        return None
     table = pd.concat([pd.read_parquet(p) for p in plate_files], ignore_index=True)
-    keys = ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well"]
-    table = table.merge(metadata[keys + WELL_META], on=keys, how="left", validate="one_to_one" if kind == "wells" else "many_to_one")
-    meta = keys + (["Metadata_Site"] if kind == "sites" else []) + ["Metadata_CellCount"] + WELL_META
+    keys = list(WELL_KEYS)
+    meta_columns = [c for c in wells.columns if c not in keys and c not in table.columns]
+    table = table.merge(wells[keys + meta_columns], on=keys, how="left",
+                        validate="one_to_one" if kind == "wells" else "many_to_one")  # fmt: skip
+    meta = keys + (["Metadata_Site"] if kind == "sites" else []) + ["Metadata_CellCount"] + meta_columns
     table = table[meta + [c for c in table.columns if c not in meta]]
+    table = table.sort_values(meta[: len(keys) + (kind == "sites")], kind="stable").reset_index(drop=True)
     path = out / kind / f"{experiment}.parquet"
     write_parquet(table, path, provenance)
     return path
 
 
-def update_failures(out: Path, experiment: str, plates: list[int], new_rows: list[dict]) -> Path | None:
+def write_failures(out: Path, experiment: str) -> Path | None:
+    """``failures/{experiment}.csv`` from every finished plate's failures (none: no file)."""
+    parts = sorted((out / "failures" / ".plates" / experiment).glob("Plate*.csv"))
+    tables = [t for t in (pd.read_csv(p, dtype={"Metadata_Plate": str}) for p in parts) if not t.empty]
     path = out / "failures" / f"{experiment}.csv"
-    columns = ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Metadata_Site", "stage", "error"]
-    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
-    old = old[~old["Metadata_Plate"].isin(plates)]
-    table = pd.concat([old, pd.DataFrame(new_rows, columns=columns)], ignore_index=True)
-    if table.empty:
-        if path.is_file():
-            path.unlink()
+    if not tables:
+        path.unlink(missing_ok=True)
         return None
-    return write_csv(table.sort_values(columns[:4]), path)
+    return write_csv(pd.concat(tables, ignore_index=True).sort_values(FAILURE_COLUMNS[:4], kind="stable"), path)
+
+
+def ensure_writable(out: Path) -> None:
+    """``out`` exists and takes a file, or an error that says so (before any work is done)."""
+    probe = out / f".write-test.{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ExtractError(f"cannot write to the output folder {out} ({type(exc).__name__}: {exc}); choose a writable "
+                           "--out, or free space there") from exc  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the command
 
 
+def _listing(lines: list[str], limit: int = 20) -> str:
+    shown = "\n  ".join(lines[:limit])
+    return shown + (f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out: Path) -> dict:
+    """Every plate of ``experiment`` this run can lock: units, plates, then its profile tables."""
+    settings = ctx.settings
+    names = settings.channels.names
+    exp = sites.select(experiment=experiment)
+    cell_types = {}
+    if "Metadata_CellType" in exp.wells.columns:
+        cell_types = {(str(r.Metadata_Plate), r.Metadata_Well): (None if pd.isna(r.Metadata_CellType) else str(r.Metadata_CellType))
+                      for r in exp.wells.itertuples()}  # fmt: skip
+    by_plate: dict = {}
+    for record in exp.sites:
+        by_plate.setdefault(record.key.plate, []).append(record)
+    problems = file_problems(exp.sites, names)
+    held, busy = [], []
+    units: dict = {}
+    try:
+        for plate in sorted(by_plate, key=str):
+            lock = plate_lock(out, experiment, plate_stem(plate))
+            try:
+                held.append(lock.acquire())
+            except LockBusy as exc:
+                busy.append(exc)
+                continue
+            clean_plate(out, experiment, plate, overwrite=args.overwrite)
+            if plate_file(out, experiment, plate).is_file():
+                units[plate] = []
+                continue
+            stats = None
+            if ctx.embed and settings.embed.normalization.value == "given":
+                stats, errors = plate_stats(by_plate[plate], names, skip=set(problems))
+                if stats is None:
+                    if not ctx.skip_bad:
+                        raise ExtractError(f"no site of {experiment} {plate_stem(plate)} can be read, so its crop "
+                                           f"normalization statistics cannot be computed:\n  {_listing(errors or ['no readable site'], 5)}\n"
+                                           "Restore the files, or rerun with --skip-bad to record its sites and go on "
+                                           "with the other plates.")  # fmt: skip
+                    log.warning("%s %s: no site can be read; its %d sites go to failures/", experiment, plate_stem(plate),
+                                len(by_plate[plate]))  # fmt: skip
+            plate_types = {r.key.well: cell_types.get((str(plate), r.key.well)) for r in by_plate[plate]}
+            units[plate] = make_units(out, experiment, plate, by_plate[plate], plate_types, settings.extract.chunk_wells, stats)
+        todo = [u for us in units.values() for u in us if not Path(u.cells_part).is_file()]
+        done_plates = [p for p, us in units.items() if not us]
+        skipped = sum(len(us) for us in units.values()) - len(todo)
+        log.info("%s: %d plates (%d locked by another run), %d sites; %d units to do, %d already done%s", experiment,
+                 len(by_plate), len(busy), sum(len(by_plate[p]) for p in units), len(todo), skipped,
+                 f" (finished plates: {', '.join(map(str, done_plates))})" if done_plates else "")  # fmt: skip
+        progress = Progress(sum(len(u.sites) for u in todo), experiment)
+        try:
+            results = execute(todo, ctx, jobs=args.jobs, dask=args.dask, progress=progress,
+                              device_stages=settings.extract.device_stages)  # fmt: skip
+        finally:
+            progress.close()
+        failures = []
+        for plate, plate_units in units.items():
+            if plate_units and all(Path(u.cells_part).is_file() for u in plate_units):
+                failures += finish_plate(out, experiment, plate, plate_units, ctx.provenance)
+    finally:
+        for lock in held:
+            lock.release()
+    with experiment_lock(out, experiment):  # another run may be finishing other plates of it
+        paths = [write_profiles(out, kind, experiment, exp.wells, ctx.provenance) for kind in PROFILES]
+        failure_file = write_failures(out, experiment)
+    return {"results": results, "failures": failures, "busy": busy, "wells": paths[0], "failure_file": failure_file}
+
+
 def run(args) -> int:
     start = time.perf_counter()
     config = with_device(load_config(args.config), args.device)
-    extract_cfg = config.get("extract", {})
+    sites = open_input(config=config, data_root=args.data_root, load_data=args.load_data, metadata=args.metadata,
+                       experiment=args.experiment, plates=parse_plates(args.plates))  # fmt: skip
+    settings = parse_settings(config, sites.channels)
     out = Path(args.out)
-    metadata = read_metadata(args.metadata)
-    plates = [int(p) for p in args.plates.split(",")] if args.plates else None
-    sites = plan_sites(args.data_root, metadata, args.experiment, plates)
-    channels = list(config["channels"]["order"])
-    problems = check_files(args.data_root, args.experiment, sites, channels)
+    log.info("input: %s: %d sites of %d wells, channels %s", sites.describe(), len(sites), len(sites.wells),
+             ", ".join(settings.channels.names))  # fmt: skip
+    if sites.unlisted:
+        log.warning("%d site(s) on disk are not in the metadata and are not extracted, e.g. %s", len(sites.unlisted),
+                    ", ".join(sites.unlisted[:5]))  # fmt: skip
+    problems = file_problems(sites.sites, settings.channels.names)
     if problems and not args.skip_bad:
-        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ExtractError(f"{len(problems)} site(s) of {args.experiment} cannot be read:\n  {shown}\n"
+        lines = [line for lines in problems.values() for line in lines]
+        raise ExtractError(f"{len(problems)} site(s) cannot be read ({len(lines)} file(s)):\n  {_listing(lines)}\n"
                            "Restore them, or rerun with --skip-bad to record and skip them.")  # fmt: skip
+    ensure_writable(out)
     from pipelines.segment import choose_segmenter
 
-    segmenter = choose_segmenter(args.segmenter or config.get("segment", {}).get("segmenter", "auto"), config)
+    segmenter = choose_segmenter(args.segmenter or settings.segment.segmenter, settings)
     log.info("segmenter: %s", segmenter)
-    embed = bool(extract_cfg.get("embed", True)) and not args.no_embed
-    provenance = {"config": config, "versions": versions(), "segmenter": segmenter, "embed": embed}
-    ctx = Context(data_root=str(args.data_root), config=config, segmenter=segmenter, embed=embed,
-                  skip_bad=args.skip_bad, provenance=provenance)  # fmt: skip
+    embed = settings.extract.embed and not args.no_embed
+    provenance = {"config": config, "versions": versions(), "segmenter": segmenter, "embed": embed, "input": sites.source,
+                  "channels": list(settings.channels.names)}  # fmt: skip
+    ctx = Context(settings=settings, segmenter=segmenter, embed=embed, skip_bad=args.skip_bad, provenance=provenance)
     from pipelines.extract_device import gpu_stages
 
     on_gpu = gpu_stages(ctx)  # resolves the devices now: a --device torch cannot use fails before any work
     log.info("on a GPU: %s", ", ".join(on_gpu) if on_gpu else "nothing (CPU only)")
-    stats = None
-    if embed:
-        from cellfeat.embed import EmbedConfig, Normalization
-
-        if EmbedConfig.from_table(config.get("embed", {})).normalization is Normalization.GIVEN:
-            ok = sites if not problems else sites.iloc[:0]  # with unreadable sites, fall back below
-            stats = plate_stats(args.data_root, args.experiment, ok, channels) if not ok.empty else None
-            if stats is None:
-                raise ExtractError("[embed] normalization = 'given' needs readable sites to compute plate statistics; "
-                                   "fix the bad sites or use normalization = 'site'")  # fmt: skip
-    units = make_units(out, args.experiment, sites, int(extract_cfg.get("chunk_wells", 4)), stats)
-    if args.overwrite:
-        for plate, plate_units in units.items():
-            (out / "cells" / args.experiment / f"Plate{plate}.parquet").unlink(missing_ok=True)
-            shutil.rmtree(Path(plate_units[0].cells_part).parent, ignore_errors=True)
-    done_plates = [p for p in units if (out / "cells" / args.experiment / f"Plate{p}.parquet").is_file()]
-    todo = [u for p, us in units.items() if p not in done_plates for u in us if not Path(u.cells_part).is_file()]
-    skipped = sum(len(units[p]) for p in units) - len(todo)
-    log.info("%s: %d plates, %d sites in %d units; %d units already done%s", args.experiment, len(units), len(sites),
-             sum(map(len, units.values())), skipped, f" (plates {done_plates})" if done_plates else "")  # fmt: skip
-
-    progress = Progress(sum(len(u.sites) for u in todo), args.experiment)
-    try:
-        results = execute(todo, ctx, jobs=args.jobs, dask=args.dask, progress=progress,
-                          device_stages=str(extract_cfg.get("device_stages", "auto")))
-    finally:
-        progress.close()
+    done = [extract_experiment(sites, experiment, ctx, args, out) for experiment in sites.experiments]
+    results = [r for d in done for r in d["results"]]
     errors = [r for r in results if r.error]
-    failures = []
-    for plate, plate_units in units.items():
-        if plate in done_plates or not all(Path(u.cells_part).is_file() for u in plate_units):
-            continue
-        failures += finish_plate(out, args.experiment, plate, plate_units, provenance)
-    finished = [p for p in units if (out / "cells" / args.experiment / f"Plate{p}.parquet").is_file()]
-    failure_file = update_failures(out, args.experiment, [p for p in finished if p not in done_plates], failures)
-    wells_path = None
-    if finished:
-        wells_path = [write_profiles(out, kind, args.experiment, metadata, provenance) for kind in PROFILES][0]
+    busy = [b for d in done for b in d["busy"]]
     seconds = time.perf_counter() - start
-    n_sites = sum(r.sites for r in results)
-    n_cells = sum(r.cells for r in results)
+    n_sites, n_cells = sum(r.sites for r in results), sum(r.cells for r in results)
     log.info("done: %d sites, %d cells, %d skipped sites, %d failed units in %.1f s (%.2f s/site)%s", n_sites, n_cells,
-             len(failures), len(errors), seconds, seconds / max(n_sites, 1),
-             f"; wells table {wells_path}" if wells_path else "")  # fmt: skip
-    if failure_file:
-        log.warning("skipped sites and why: %s", failure_file)
+             sum(len(d["failures"]) for d in done), len(errors), seconds, seconds / max(n_sites, 1),
+             "".join(f"; {d['wells']}" for d in done if d["wells"]))  # fmt: skip
+    for d in done:
+        if d["failure_file"]:
+            log.warning("skipped sites and why: %s", d["failure_file"])
     if errors:
-        listing = "\n  ".join(f"{r.unit}: {r.error.splitlines()[0]}" for r in errors[:20])
+        listing = _listing([f"{r.unit}: {r.error.splitlines()[0]}" for r in errors])
         raise ExtractError(f"{len(errors)} unit(s) failed (finished units are kept; rerun to resume, "
                            f"or add --skip-bad):\n  {listing}")  # fmt: skip
+    if busy:
+        raise ExtractError(f"{len(busy)} plate(s) are being extracted by another run on {out} and were left to it:\n  "
+                           + _listing([str(b) for b in busy])
+                           + "\nRerun once it has finished to complete the tables (finished plates are skipped).")
     return 0

@@ -37,11 +37,9 @@ MODES = ("auto", "main", "workers")
 def gpu_stages(ctx: Context) -> list[str]:
     """The stages of this run that would run on a CUDA device."""
     stages = []
-    if ctx.segmenter == "cellpose":
-        device = ctx.config.get("segment", {}).get("cellpose", {}).get("device", "auto")
-        if resolve_device(str(device)).type == "cuda":
-            stages.append("Cellpose")
-    if ctx.embed and resolve_device(str(ctx.config.get("embed", {}).get("device", "auto"))).type == "cuda":
+    if ctx.segmenter == "cellpose" and resolve_device(ctx.settings.segment.cellpose.device).type == "cuda":
+        stages.append("Cellpose")
+    if ctx.embed and resolve_device(ctx.settings.embed.device).type == "cuda":
         stages.append("embeddings")
     return stages
 

@@ -25,7 +25,8 @@ import pandas as pd
 from cellfeat.aggregate import SITE_KEYS, aggregate_wells
 from cellfeat.features.measure import measure_objects
 from cellfeat.images import ImageError, load_site
-from cellfeat.layout import SiteKey, site_files
+from cellfeat.layout import SiteKey, SiteRecord, plate_stem
+from pipelines.settings import Settings
 from pipelines.tables import write_parquet
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,7 @@ KEYS = ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Metadata_Site
 class Context:
     """What every unit of a run shares; picklable, sent to each worker."""
 
-    data_root: str
-    config: dict
+    settings: Settings
     segmenter: str  # "classical" or "cellpose", resolved once by the main process
     embed: bool
     skip_bad: bool
@@ -47,10 +47,12 @@ class Context:
 
 @dataclass(frozen=True)
 class Unit:
+    """A few whole wells of one plate: their sites (with their files) and where the unit's parts go."""
+
     experiment: str
-    plate: int
-    cell_type: str
-    sites: tuple[tuple[str, int], ...]  # (well, site)
+    plate: int | str
+    cell_type: str | None
+    sites: tuple[SiteRecord, ...]
     cells_part: str
     wells_part: str
     sites_part: str
@@ -58,7 +60,8 @@ class Unit:
 
     @property
     def name(self) -> str:
-        return f"{self.experiment}/Plate{self.plate}/{self.sites[0][0]}-{self.sites[-1][0]}"
+        first, last = self.sites[0].key.well, self.sites[-1].key.well
+        return f"{self.experiment}/{plate_stem(self.plate)}/{first}-{last}"
 
     def failures_part(self) -> Path:
         return Path(self.cells_part).with_suffix(".failures.json")
@@ -97,54 +100,46 @@ def _segmenter(ctx: Context):
     if ctx.segmenter == "cellpose" and key not in _STATE:
         from pipelines.segment import build_cellpose
 
-        _STATE[key] = build_cellpose(ctx.config)
+        _STATE[key] = build_cellpose(ctx.settings)
     return _STATE.get(key)
 
 
 def _embedder(ctx: Context):
-    from cellfeat.embed import EmbedConfig
-
-    cfg = EmbedConfig.from_table(ctx.config.get("embed", {}))
-    key = f"embed:{json.dumps(ctx.config.get('embed', {}), sort_keys=True)}"
+    cfg = ctx.settings.embed
+    key = f"embed:{cfg!r}:{len(ctx.settings.channels.names)}"
     if key not in _STATE:
-        _STATE[key] = cfg.embedder(len(ctx.config["channels"]["order"]))
+        _STATE[key] = cfg.embedder(len(ctx.settings.channels.names))
     return cfg, _STATE[key]
 
 
 # --------------------------------------------------------------------------- the work
 
 
-def channel_names(config: dict) -> list[str]:
-    return [f"w{n}" for n in config["channels"]["order"]]
-
-
-def segment_sites(ctx: Context, sites: list[np.ndarray], cell_type: str):
+def segment_sites(ctx: Context, sites: list[np.ndarray], cell_type: str | None):
     if not sites:
         return []
-    from pipelines.segment import cellpose_diameters, classical_params
-
+    segment = ctx.settings.segment
     if ctx.segmenter == "cellpose":
-        drop = bool(ctx.config.get("segment", {}).get("drop_border", False))
-        batch = int(ctx.config.get("segment", {}).get("cellpose", {}).get("batch_sites", 16))
-        diameters = cellpose_diameters(ctx.config, cell_type)
+        diameters = segment.cellpose.diameters_for(cell_type)
+        batch = segment.cellpose.batch_sites
         out = []
         for start in range(0, len(sites), batch):
-            out += _segmenter(ctx).segment_batch(sites[start : start + batch], diameter=diameters, drop_border=drop)
+            out += _segmenter(ctx).segment_batch(sites[start : start + batch], diameter=diameters, drop_border=segment.drop_border)
         return out
     from cellfeat.segment.classical import segment_site
 
-    params = classical_params(ctx.config, cell_type)
+    params = segment.classical_for(cell_type)
     return [segment_site(s, **params) for s in sites]
 
 
 def _site_table(key: SiteKey, seg, pixels: np.ndarray, ctx: Context) -> pd.DataFrame:
-    features = ctx.config.get("features", {})
+    features = ctx.settings.features
     table = measure_objects(
         {"Nuclei": seg.nuclei, "Cells": seg.cells, "Cytoplasm": seg.cytoplasm},
         pixels,
-        channel_names(ctx.config),
-        families=features.get("families"),
-        options=features.get("options") or None,
+        ctx.settings.channels.names,
+        families=features.families,
+        options=features.options or None,
     )
     n = len(table)
     table.insert(1, "Metadata_BorderObject", np.asarray(seg.border[:n], bool) if n else np.zeros(0, bool))
@@ -158,14 +153,14 @@ def _failure(key: SiteKey, stage: str, exc: Exception) -> dict:
             "Metadata_Site": key.site, "stage": stage, "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
 
 
-def _load(key: SiteKey, ctx: Context, failures: list[dict]) -> np.ndarray | None:
+def _load(record: SiteRecord, ctx: Context, failures: list[dict]) -> np.ndarray | None:
     """One site's pixels; a site that cannot be read is an error, or with ``skip_bad`` recorded."""
     try:
-        return load_site(site_files(ctx.data_root, key, ctx.config["channels"]["order"]))
-    except (ImageError, FileNotFoundError, OSError) as exc:
+        return load_site(record.paths(ctx.settings.channels.names))
+    except (ImageError, FileNotFoundError, OSError, ValueError) as exc:
         if not ctx.skip_bad:
-            raise RuntimeError(f"{key}: load failed: {exc}") from exc
-        failures.append(_failure(key, "load", exc))
+            raise RuntimeError(f"{record.key}: load failed: {exc}") from exc
+        failures.append(_failure(record.key, "load", exc))
         return None
 
 
@@ -178,7 +173,7 @@ class Staged:
     (:meth:`for_worker` drops them: a worker reloads a site's files rather than receive them).
     """
 
-    keys: list[SiteKey]
+    keys: list[SiteRecord]
     segmentations: list
     embeddings: list[pd.DataFrame | None]
     failures: list[dict]
@@ -188,16 +183,15 @@ class Staged:
         return Staged(self.keys, self.segmentations, self.embeddings, self.failures)
 
 
-def load_unit(unit: Unit, ctx: Context) -> tuple[list[SiteKey], list[np.ndarray], list[dict]]:
+def load_unit(unit: Unit, ctx: Context) -> tuple[list[SiteRecord], list[np.ndarray], list[dict]]:
     """The unit's sites that load, their pixels, and the sites skipped (with ``skip_bad``)."""
-    keys, pixels, failures = [], [], []
-    for well, site in unit.sites:
-        key = SiteKey(unit.experiment, unit.plate, well, site)
-        px = _load(key, ctx, failures)
+    records, pixels, failures = [], [], []
+    for record in unit.sites:
+        px = _load(record, ctx, failures)
         if px is not None:
-            keys.append(key)
+            records.append(record)
             pixels.append(px)
-    return keys, pixels, failures
+    return records, pixels, failures
 
 
 def embed_staged(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple | None) -> list[pd.DataFrame | None]:
@@ -244,55 +238,82 @@ def segment_unit(unit: Unit, ctx: Context) -> list:
     return segment_sites(ctx, pixels, unit.cell_type)
 
 
-def measure_unit(unit: Unit, ctx: Context, staged: Staged) -> tuple[pd.DataFrame, list[dict]]:
-    """The unit's per-cell table (features, then embeddings) and the sites it skipped."""
+def measure_unit(unit: Unit, ctx: Context, staged: Staged) -> tuple[pd.DataFrame, list[SiteKey], list[dict]]:
+    """The unit's per-cell table (features, then embeddings), the sites measured (cells or not)
+    and the sites it skipped."""
     failures = list(staged.failures)
-    pixels = staged.pixels if staged.pixels is not None else [_load(k, ctx, failures) for k in staged.keys]
-    tables = []
-    for key, px, seg, embedded in zip(staged.keys, pixels, staged.segmentations, staged.embeddings):
+    pixels = staged.pixels if staged.pixels is not None else [_load(r, ctx, failures) for r in staged.keys]
+    tables, measured = [], []
+    for record, px, seg, embedded in zip(staged.keys, pixels, staged.segmentations, staged.embeddings):
         if px is None:  # unreadable on the reload (skip_bad): recorded by _load
             continue
         try:
-            table = _site_table(key, seg, px, ctx)
+            table = _site_table(record.key, seg, px, ctx)
         except (ValueError, FloatingPointError) as exc:
             if not ctx.skip_bad:
-                raise RuntimeError(f"{key}: features failed: {exc}") from exc
-            failures.append(_failure(key, "features", exc))
+                raise RuntimeError(f"{record.key}: features failed: {exc}") from exc
+            failures.append(_failure(record.key, "features", exc))
             continue
         if embedded is not None:
             table = table.merge(embedded, on="Metadata_ObjectNumber", how="left", validate="one_to_one")
         tables.append(table)
-    cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=KEYS)
+        measured.append(record.key)
+    cells = pd.concat(tables, ignore_index=True) if tables else empty_cells(unit)
     features = [c for c in cells.columns if not c.startswith("Metadata_")]
     cells[features] = cells[features].astype(np.float32)
-    return cells, failures
+    return cells, measured, failures
+
+
+def empty_cells(unit: Unit) -> pd.DataFrame:
+    """A per-cell table without rows, its key columns typed as a unit with cells would have them."""
+    plate = pd.Series([], dtype=np.int64 if isinstance(unit.plate, int) else object)
+    return pd.DataFrame({"Metadata_Experiment": pd.Series([], dtype=object), "Metadata_Plate": plate,
+                         "Metadata_Well": pd.Series([], dtype=object), "Metadata_Site": pd.Series([], dtype=np.int64),
+                         "Metadata_ObjectNumber": pd.Series([], dtype=np.int64),
+                         "Metadata_BorderObject": pd.Series([], dtype=bool)})  # fmt: skip
+
+
+def _write(table: pd.DataFrame, path: str, ctx: Context) -> None:
+    try:
+        write_parquet(table, path, ctx.provenance)
+    except OSError as exc:
+        raise RuntimeError(f"cannot write {path}: {type(exc).__name__}: {exc}. Free disk space or fix the output "
+                           "folder's permissions, then rerun: finished units are kept") from exc  # fmt: skip
 
 
 def run_unit(unit: Unit, ctx: Context, staged: Staged | None = None) -> UnitResult:
     """Process and write one unit; errors are returned, not raised, so the run can list them all.
 
     ``staged``: the unit's loading, segmentation and embedding already done (by the process
-    that holds the GPU); otherwise this process does them too.
+    that holds the GPU); otherwise this process does them too. The unit's profile tables hold
+    one row for every site measured (a site without cells: ``Metadata_CellCount`` 0, NaN
+    features); sites that failed are in its failures instead.
     """
     _single_threaded()
     start = time.perf_counter()
     result = UnitResult(unit.name)
     try:
-        cells, failures = measure_unit(unit, ctx, staged if staged is not None else stage_units([unit], ctx)[0])
-        operations = ctx.config.get("extract", {}).get("aggregate", ["median"])
-        listed = pd.DataFrame({"Metadata_Experiment": unit.experiment, "Metadata_Plate": unit.plate,
-                               "Metadata_Well": [w for w, _ in unit.sites], "Metadata_Site": [s for _, s in unit.sites]})  # fmt: skip
+        cells, measured, failures = measure_unit(unit, ctx, staged if staged is not None else stage_units([unit], ctx)[0])
+        operations = ctx.settings.extract.aggregate
+        listed = pd.DataFrame({"Metadata_Experiment": pd.Series([k.experiment for k in measured], dtype=object),
+                               "Metadata_Plate": pd.Series([k.plate for k in measured], dtype=cells["Metadata_Plate"].dtype),
+                               "Metadata_Well": pd.Series([k.well for k in measured], dtype=object),
+                               "Metadata_Site": pd.Series([k.site for k in measured], dtype=np.int64)})  # fmt: skip
         wells = aggregate_wells(cells.drop(columns=["Metadata_Site", "Metadata_ObjectNumber"], errors="ignore"),
                                 operations=operations, wells=listed.drop(columns="Metadata_Site"))  # fmt: skip
         sites = aggregate_wells(cells.drop(columns=["Metadata_ObjectNumber"], errors="ignore"), operations=operations,
                                 keys=SITE_KEYS, wells=listed)  # fmt: skip
         # failures first: a unit counts as done once its cells part exists
-        unit.failures_part().parent.mkdir(parents=True, exist_ok=True)
-        unit.failures_part().write_text(json.dumps(failures))
-        write_parquet(wells, unit.wells_part, ctx.provenance)
-        write_parquet(sites, unit.sites_part, ctx.provenance)
-        write_parquet(cells, unit.cells_part, ctx.provenance)
-        result.sites = len(unit.sites) - len(failures)
+        try:
+            unit.failures_part().parent.mkdir(parents=True, exist_ok=True)
+            unit.failures_part().write_text(json.dumps(failures))
+        except OSError as exc:
+            raise RuntimeError(f"cannot write {unit.failures_part()}: {exc}. Free disk space or fix the output "
+                               "folder's permissions, then rerun") from exc  # fmt: skip
+        _write(wells, unit.wells_part, ctx)
+        _write(sites, unit.sites_part, ctx)
+        _write(cells, unit.cells_part, ctx)
+        result.sites = len(measured)
         result.cells = len(cells)
         result.failures = failures
     except Exception as exc:  # reported with the unit's name by the main process

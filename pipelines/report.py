@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from cellfeat import qc
-from cellfeat.layout import SiteKey, cell_type_of, read_metadata, site_files
+from cellfeat.layout import SiteKey, SiteSet, plate_stem, read_metadata
 from cellfeat.normalize import NormalizationError, PlateNormalizer, feature_columns
 from pipelines.tables import read_provenance
 
@@ -114,7 +114,7 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 def _table_cell_count(out: Path, key: SiteKey) -> int | None:
-    path = out / "cells" / key.experiment / f"Plate{key.plate}.parquet"
+    path = out / "cells" / key.experiment / f"{plate_stem(key.plate)}.parquet"
     if not path.is_file():
         return None
     cells = pd.read_parquet(path, columns=["Metadata_Well", "Metadata_Site"],
@@ -122,55 +122,77 @@ def _table_cell_count(out: Path, key: SiteKey) -> int | None:
     return len(cells)
 
 
-def _site_number(out: Path, experiment: str, plate: int, well: str) -> int:
-    path = out / "cells" / experiment / f"Plate{plate}.parquet"
+def _site_number(out: Path, experiment: str, plate, well: str) -> int | None:
+    path = out / "cells" / experiment / f"{plate_stem(plate)}.parquet"
     if path.is_file():
         sites = pd.read_parquet(path, columns=["Metadata_Site"], filters=[("Metadata_Well", "==", well)])["Metadata_Site"]
         if len(sites):
             return int(sites.min())
-    return 1
+    return None
 
 
-def sample_site_panel(out: Path, data_root: Path, wells: pd.DataFrame, provenance: dict) -> tuple[np.ndarray, str]:
+def open_sites(provenance: dict, experiment: str, args) -> SiteSet | None:
+    """The input the tables were extracted from: ``--load-data``/``--data-root`` where given,
+    else a LoadData CSV named in the provenance; ``None`` where there is no way to it."""
+    from pipelines.inputs import open_input, reopen
+
+    source, config = provenance.get("input") or {"kind": "rxrx1"}, provenance["config"]
+    if getattr(args, "load_data", None):
+        return open_input(config=config, load_data=args.load_data, metadata=source.get("metadata"),
+                          experiment=source.get("experiment"), need_metadata=False)  # fmt: skip
+    if source.get("kind") == "loaddata":
+        return reopen(source, config)
+    if getattr(args, "data_root", None):
+        return open_input(config=config, data_root=args.data_root, experiment=experiment, need_metadata=False)
+    return None
+
+
+def sample_site_panel(out: Path, sites: SiteSet, wells: pd.DataFrame, provenance: dict) -> tuple[np.ndarray, str]:
     """Composite of one site of the experiment with outlines from a fresh segmentation by the
     segmenter and config that made the tables (extract's own segmentation function)."""
     from cellfeat.images import load_site
     from pipelines.extract_unit import Context, segment_sites
     from pipelines.segment import overlay
+    from pipelines.settings import parse_settings
 
     row = qc.typical_well(wells)
-    experiment, plate, well = row["Metadata_Experiment"], int(row["Metadata_Plate"]), row["Metadata_Well"]
-    key = SiteKey(experiment, plate, well, _site_number(out, experiment, plate, well))
-    config = provenance["config"]
-    site = load_site(site_files(data_root, key, list(config["channels"]["order"])))
-    ctx = Context(data_root=str(data_root), config=config, segmenter=provenance["segmenter"], embed=False,
-                  skip_bad=False, provenance=provenance)  # fmt: skip
-    seg = segment_sites(ctx, [site], cell_type_of(experiment))[0]  # the cell type extract's units use
+    experiment, plate, well = row["Metadata_Experiment"], row["Metadata_Plate"], row["Metadata_Well"]
+    chosen = sites.select(experiment=experiment, plates=[plate], well=well)
+    number = _site_number(out, experiment, plate, well)
+    record = next((r for r in chosen.sites if r.key.site == number), chosen.sites[0])
+    key = record.key
+    settings = parse_settings(provenance["config"], provenance.get("channels") or sites.channels)
+    site = load_site(record.paths(settings.channels.names))
+    ctx = Context(settings=settings, segmenter=provenance["segmenter"], embed=False, skip_bad=False, provenance=provenance)
+    cell_type = row.get("Metadata_CellType")
+    seg = segment_sites(ctx, [site], None if pd.isna(cell_type) else str(cell_type))[0]  # the cell type extract's units use
     in_table = _table_cell_count(out, key)
     agree = "" if in_table is None else (f", table {in_table}" + ("" if in_table == seg.count else " (differs!)"))
     well_type = str(row.get("Metadata_WellType", "")).replace("_", " ")
     title = f"{key}  {well_type}\n{provenance['segmenter']}: {seg.count} cells{agree}"
-    return overlay(site, seg, config), title
+    return overlay(site, seg, settings.channels), title
 
 
-def sites_section(out: Path, data_root: Path | None, wells: pd.DataFrame, files: dict[str, Path], folder: Path) -> Section:
+def sites_section(out: Path, args, wells: pd.DataFrame, files: dict[str, Path], folder: Path) -> Section:
     section = Section(
         "Sample sites",
-        "One site per experiment (lowest plate, the well with the plate's median cell count): RxRx1's channel "
-        "colours (w1 Hoechst blue, w2 ConA green, w3 phalloidin red, w4 SYTO14 cyan, w5 MitoTracker magenta, "
+        "One site per experiment (lowest plate, the well with the plate's median cell count), in the config's channel "
+        "colours (RxRx1: w1 Hoechst blue, w2 ConA green, w3 phalloidin red, w4 SYTO14 cyan, w5 MitoTracker magenta, "
         "w6 WGA yellow), cell outlines white, nucleus outlines cyan. The tables store no label images, so each "
         "site is segmented again with the segmenter and config recorded in its well table's provenance; the "
         "title compares the object count with the cells the table holds for that site.",
     )
-    if data_root is None:
-        section.skipped.append("Not drawn: no --data-root given. Pass the image folder cellfeat extract read "
-                               "(the one holding train/ and test/, or images/) to see sample sites.")  # fmt: skip
-        return section
     panels = []
     for experiment, path in files.items():
         try:
-            panels.append(sample_site_panel(out, data_root, wells[wells["Metadata_Experiment"] == experiment], read_provenance(path)))
-        except (ValueError, KeyError, ImportError, OSError, RuntimeError) as exc:  # said in the page, not hidden
+            provenance = read_provenance(path)
+            sites = open_sites(provenance, experiment, args)
+            if sites is None:
+                section.skipped.append(f"{experiment}: not drawn: no --data-root given. Pass the image folder cellfeat "
+                                       "extract read (the one holding train/ and test/, or images/) to see sample sites.")  # fmt: skip
+                continue
+            panels.append(sample_site_panel(out, sites, wells[wells["Metadata_Experiment"] == experiment], provenance))
+        except (ValueError, KeyError, ImportError, OSError, RuntimeError, IndexError) as exc:  # said in the page, not hidden
             section.skipped.append(f"{experiment}: no sample site ({type(exc).__name__}: {exc})")
     for i, chunk in enumerate(_chunks(panels, EXPERIMENTS_PER_FIGURE), start=1):
         name = _save(qc.sites_figure(chunk), folder, f"sites_{i}.png")
@@ -310,6 +332,7 @@ def run(args) -> int:
     data_root = Path(args.data_root) if args.data_root else None
     if data_root is not None and not data_root.is_dir():
         raise ReportError(f"--data-root {data_root} is not a folder: give the image folder cellfeat extract read, or drop --data-root")
+    images = args.load_data or (str(data_root) if data_root is not None else None)
     page = Path(args.html) if args.html else out / "report" / "index.html"
     folder = page.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -321,7 +344,7 @@ def run(args) -> int:
         raise ReportError(f"{exc}: it was not written by cellfeat extract; rerun `cellfeat extract --out {out}` "
                           f"for its experiment") from exc  # fmt: skip
     sections = [
-        sites_section(out, data_root, wells, files, folder),
+        sites_section(out, args, wells, files, folder),
         plates_section(wells, folder),
         batch_section(wells, normalize_settings(provenance["config"], model), folder),
         controls_section(wells, folder),
@@ -334,7 +357,7 @@ def run(args) -> int:
         ("wells", f"{len(wells)} on {wells[['Metadata_Experiment', 'Metadata_Plate']].drop_duplicates().shape[0]} plates"),
         ("segmenter", provenance.get("segmenter", "?")),
         ("model", str(model) if model is not None else "none (--model not given)"),
-        ("images", str(data_root) if data_root is not None else "none (--data-root not given)"),
+        ("images", images or (provenance.get("input") or {}).get("load_data") or "none (--data-root not given)"),
     ]
     page.write_text(render_html("cellfeat report", summary, sections))
     n_figures = sum(len(s.figures) for s in sections)

@@ -29,7 +29,7 @@ from cellfeat.segment.classical import segment_nuclei, segment_site
 from cellfeat.segment.metrics import average_precision
 from cellfeat.segment.objects import draw_outlines
 from pipelines.config import load_config
-from pipelines.segment import classical_params
+from pipelines.settings import rxrx1_settings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CHANNELS = [1, 2, 3, 4, 5, 6]
@@ -60,7 +60,7 @@ def bench_rxrx1(out: Path, repeats: int) -> list[np.ndarray]:
         key = SiteKey(row.Metadata_Experiment, row.Metadata_Plate, row.Metadata_Well, row.Metadata_Site)
         site = load_site(site_files(root, key, CHANNELS))
         sites.append(site)
-        kwargs = classical_params(config, cell_type_of(key.experiment))
+        kwargs = rxrx1_settings(config).segment.classical_for(cell_type_of(key.experiment))
         best, best_cpu = np.inf, np.inf
         for _ in range(repeats):
             start, start_cpu = time.perf_counter(), time.process_time()

@@ -57,3 +57,16 @@ def test_site_profiles_and_their_mean_per_well():
     assert by_well.loc[(1, "C03"), "Cells_AreaShape_Area"] == 5.0  # the site without cells has no say
     with pytest.raises(ValueError, match="Metadata_Site"):
         mean_over_sites(wells)
+
+
+def test_no_cells_at_all_gives_the_listed_wells_with_count_zero():
+    """A unit whose every site is empty (or failed) aggregates to its listed wells, not an error
+    (issue 14: 'cannot concatenate unaligned mixed dimensional NDFrame objects')."""
+    cells = _cells().iloc[:0]
+    listed = pd.DataFrame({"Metadata_Experiment": ["E-01"] * 2, "Metadata_Plate": [1, 1], "Metadata_Well": ["C03", "B02"]})
+    wells = aggregate_wells(cells, wells=listed)
+    assert wells.Metadata_Well.tolist() == ["B02", "C03"] and (wells.Metadata_CellCount == 0).all()
+    assert wells.Cells_AreaShape_Area.isna().all() and wells.Cells_AreaShape_Area.dtype == np.float32
+    both = aggregate_wells(cells, wells=listed, operations=("median", "mean"))
+    assert {"Cells_AreaShape_Area_median", "Cells_AreaShape_Area_mean"} <= set(both.columns)
+    assert len(aggregate_wells(cells.drop(columns="Cells_AreaShape_Area"), wells=listed.iloc[:0])) == 0

@@ -41,4 +41,4 @@ def test_show_real_site_and_a_clear_error(rxrx1_images_root, tmp_path, caplog):
     assert np.asarray(Image.open(png)).shape == (512, 512, 3)
     assert main(["show", "--data-root", str(rxrx1_images_root), "--experiment", "HUVEC-01", "--plate", "1",
                  "--well", "B03", "--out", str(png)]) == 2  # fmt: skip
-    assert "B03_s1_w1.png" in caplog.text
+    assert "no site with well 'B03'" in caplog.text and "['B02']" in caplog.text  # what exists, named

@@ -214,8 +214,9 @@ def test_where_the_device_stages_run(dataset):
     from pipelines.config import load_config
     from pipelines.extract_device import use_main_process
     from pipelines.extract_unit import Context
+    from pipelines.settings import rxrx1_settings
 
-    ctx = Context(data_root="", config=load_config(), segmenter="classical", embed=True, skip_bad=False, provenance={})
+    ctx = Context(settings=rxrx1_settings(load_config()), segmenter="classical", embed=True, skip_bad=False, provenance={})
     import torch
 
     assert use_main_process("auto", ctx, jobs=2, dask=None) == torch.cuda.is_available()

@@ -1,13 +1,8 @@
-"""RxRx1 folder layouts <-> site keys, and the metadata well table.
+"""RxRx1's metadata as one well table, and the plate structure it is built on.
 
-Two on-disk layouts are understood:
-
-* Kaggle (2019 competition): ``{train|test}/{experiment}/Plate{p}/{well}_s{site}_w{c}.png``
-  with ``train.csv``, ``test.csv``, ``train_controls.csv``, ``test_controls.csv`` beside them;
-* rxrx.ai (RxRx1 release): ``images/{experiment}/Plate{p}/{well}_s{site}_w{c}.png`` with one
-  site-level ``metadata.csv``.
-
-Metadata of either kind is read into one *well table* with pycytominer-style ``Metadata_``
+RxRx1's metadata comes as the 2019 Kaggle tables (``train.csv``, ``test.csv``,
+``train_controls.csv``, ``test_controls.csv``) or the rxrx.ai release's site-level
+``metadata.csv``. Either kind is read into one *well table* with pycytominer-style ``Metadata_``
 columns (see :data:`WELL_COLUMNS`). The plate structure RxRx1 is built on (the 1,108 siRNAs
 form 4 disjoint groups of 277; each plate holds one group) is derived from the training
 wells by :func:`sirna_groups` and :func:`plate_groups`.
@@ -15,13 +10,12 @@ wells by :func:`sirna_groups` and :func:`plate_groups`.
 
 from __future__ import annotations
 
-import enum
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cellfeat.layout.sites import InputError
 
 N_TREATMENTS = 1108  # siRNA ids 0..1107 are treatments
 POSITIVE_CONTROLS = range(1108, 1138)  # 30 positive-control siRNAs
@@ -46,30 +40,10 @@ KEY_COLUMNS = ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well"]
 KAGGLE_TABLES = ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv")
 RXRXAI_TABLE = "metadata.csv"
 
-_SITE_FILE = re.compile(r"^(?P<well>[A-P]\d{2})_s(?P<site>\d+)_w(?P<channel>\d+)\.(?P<ext>png|tif|tiff)$")
-IMAGE_EXTENSIONS = ("png", "tif", "tiff")
 
 
-class MetadataError(ValueError):
+class MetadataError(InputError):
     """Metadata that cannot be read or does not hold what was asked for."""
-
-
-class Layout(enum.Enum):
-    KAGGLE = "kaggle"
-    RXRXAI = "rxrxai"
-
-
-@dataclass(frozen=True, order=True)
-class SiteKey:
-    """One imaged field of view: experiment, plate (1-based), well (``B02``) and site (1-based)."""
-
-    experiment: str
-    plate: int
-    well: str
-    site: int
-
-    def __str__(self) -> str:
-        return f"{self.experiment}/Plate{self.plate}/{self.well}_s{self.site}"
 
 
 def cell_type_of(experiment: str) -> str:
@@ -144,24 +118,45 @@ def _read_rxrxai(file: Path) -> pd.DataFrame:
     return _finish(table[["dataset", "experiment", "plate", "well", "well_type", "sirna"]], source=file)
 
 
+def _integers(table: pd.DataFrame, column: str, source: Path, *, allow_missing: bool = False) -> pd.Series:
+    """``table[column]`` as nullable integers, or an error naming the file, column and bad values
+    (a value that is present but not a whole number is never quietly made missing)."""
+    raw = table[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    present = raw.notna() & raw.astype(str).str.strip().ne("")
+    bad = present & (values.isna() | (values.notna() & (values % 1 != 0)))
+    if not allow_missing:
+        bad |= ~present
+    if bad.any():
+        examples = sorted({str(v) for v in raw[bad]})[:5]
+        raise MetadataError(f"{source}: column {column!r} must hold whole numbers; {int(bad.sum())} value(s) are not, "
+                            f"e.g. {examples}. Fix those rows of the metadata table.")  # fmt: skip
+    return values.astype("Int64")
+
+
 def _finish(table: pd.DataFrame, *, source: Path) -> pd.DataFrame:
     bad_types = set(table["well_type"].unique()) - set(WELL_TYPES)
     if bad_types:
         raise MetadataError(f"{source}: unknown well_type values {sorted(bad_types)}; expected {WELL_TYPES}")
-    sirna = pd.to_numeric(table["sirna"], errors="coerce").astype("Int64")
+    sirna = _integers(table, "sirna", source, allow_missing=True)
     out_of_range = sirna.notna() & ((sirna < 0) | (sirna > MAX_SIRNA))
     if out_of_range.any():
         raise MetadataError(
             f"{source}: {int(out_of_range.sum())} sirna values outside 0..{MAX_SIRNA}, "
             f"e.g. {sirna[out_of_range].iloc[0]}"
         )
+    for column in ("experiment", "well"):
+        blank = table[column].isna() | table[column].astype(str).str.strip().eq("")
+        if blank.any():
+            raise MetadataError(f"{source}: {int(blank.sum())} row(s) have no {column!r}; fill them in or drop them")
+    plate = _integers(table, "plate", source).astype(int)
     wells = pd.DataFrame(
         {
-            "Metadata_IdCode": table["experiment"] + "_" + table["plate"].astype(str) + "_" + table["well"],
+            "Metadata_IdCode": table["experiment"] + "_" + plate.astype(str) + "_" + table["well"],
             "Metadata_Dataset": table["dataset"].astype(str),
             "Metadata_Experiment": table["experiment"].astype(str),
             "Metadata_CellType": table["experiment"].map(cell_type_of),
-            "Metadata_Plate": table["plate"].astype(int),
+            "Metadata_Plate": plate,
             "Metadata_Well": table["well"].astype(str),
             "Metadata_WellType": table["well_type"].astype(str),
             "Metadata_Sirna": sirna,
@@ -246,74 +241,3 @@ def plate_groups(wells: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
     if mixed.any():
         raise MetadataError(f"plates hold siRNAs of more than one group: {list(mixed[mixed].index)[:5]}")
     return per_plate.first().astype(int).reset_index()
-
-
-# --------------------------------------------------------------------------- files on disk
-
-
-def site_dir(root: str | Path, experiment: str, plate: int, *, layout: Layout, dataset: str = "train") -> Path:
-    """The folder that holds a plate's images in the given layout."""
-    root = Path(root)
-    if layout is Layout.KAGGLE:
-        return root / dataset / experiment / f"Plate{plate}"
-    return root / "images" / experiment / f"Plate{plate}"
-
-
-def channel_file(folder: Path, well: str, site: int, channel: int, ext: str = "png") -> Path:
-    return Path(folder) / f"{well}_s{site}_w{channel}.{ext}"
-
-
-def locate_plate(root: str | Path, experiment: str, plate: int) -> Path:
-    """Find a plate's image folder under ``root`` in either layout, or say where it looked."""
-    tried = [site_dir(root, experiment, plate, layout=Layout.KAGGLE, dataset=d) for d in ("train", "test")]
-    tried.append(site_dir(root, experiment, plate, layout=Layout.RXRXAI))
-    for folder in tried:
-        if folder.is_dir():
-            return folder
-    raise FileNotFoundError(
-        f"no images for {experiment} plate {plate} under {root}; looked in "
-        + ", ".join(str(t) for t in tried)
-        + ". Check --data-root: it must be the folder that holds train/ and test/ (Kaggle) or images/ (rxrx.ai)."
-    )
-
-
-def site_files(root: str | Path, key: SiteKey, channels: list[int] | tuple[int, ...]) -> list[Path]:
-    """The files of one site's channels, in ``channels`` order (they may not exist yet).
-
-    The extension is whichever of png/tif/tiff exists for the first channel (png if none).
-    """
-    folder = locate_plate(root, key.experiment, key.plate)
-    ext = next(
-        (e for e in IMAGE_EXTENSIONS if channel_file(folder, key.well, key.site, channels[0], e).exists()),
-        "png",
-    )
-    return [channel_file(folder, key.well, key.site, c, ext) for c in channels]
-
-
-def discover_sites(root: str | Path) -> pd.DataFrame:
-    """Every site with at least one channel file under ``root``, in either layout.
-
-    Columns: ``Metadata_Dataset, Metadata_Experiment, Metadata_Plate, Metadata_Well,
-    Metadata_Site, Metadata_Channels`` (sorted tuple of channel numbers found), ``Metadata_Folder``.
-    """
-    root = Path(root)
-    plate_dirs: list[tuple[str, Path]] = []
-    for dataset in ("train", "test"):
-        plate_dirs += [(dataset, p) for p in sorted((root / dataset).glob("*/Plate*")) if p.is_dir()]
-    plate_dirs += [("", p) for p in sorted((root / "images").glob("*/Plate*")) if p.is_dir()]
-    rows: dict[tuple, dict] = {}
-    for dataset, folder in plate_dirs:
-        experiment, plate = folder.parent.name, int(folder.name.removeprefix("Plate"))
-        for file in folder.iterdir():
-            m = _SITE_FILE.match(file.name)
-            if not m:
-                continue
-            key = (dataset, experiment, plate, m["well"], int(m["site"]))
-            row = rows.setdefault(key, {"channels": set(), "folder": str(folder)})
-            row["channels"].add(int(m["channel"]))
-    columns = ["Metadata_Dataset", "Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Metadata_Site"]
-    table = pd.DataFrame(
-        [(*k, tuple(sorted(v["channels"])), v["folder"]) for k, v in rows.items()],
-        columns=columns + ["Metadata_Channels", "Metadata_Folder"],
-    )
-    return table.sort_values(columns[1:], kind="stable").reset_index(drop=True)
