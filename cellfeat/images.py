@@ -35,6 +35,8 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ImageError(f"image file {path} is a zero-byte file (an interrupted copy or download?): copy or download it again")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             raw = tifffile.imread(path)

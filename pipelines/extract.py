@@ -338,13 +338,27 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
         failures = []
         for plate, plate_units in units.items():
             if plate_units and all(Path(u.cells_part).is_file() for u in plate_units):
-                failures += finish_plate(out, experiment, plate, plate_units, ctx.provenance)
+                try:
+                    failures += finish_plate(out, experiment, plate, plate_units, ctx.provenance)
+                except OSError as exc:
+                    raise ExtractError(f"cannot write the tables of {experiment} {plate_stem(plate)} under {out} "
+                                       f"({type(exc).__name__}: {exc}). Free disk space or fix the folder's "
+                                       "permissions, then rerun: the plate's finished units are kept") from exc  # fmt: skip
     finally:
         for lock in held:
             lock.release()
-    with experiment_lock(out, experiment):  # another run may be finishing other plates of it
-        paths = [write_profiles(out, kind, experiment, exp.wells, ctx.provenance) for kind in PROFILES]
-        failure_file = write_failures(out, experiment)
+    unfinished = [p for p in units if not plate_file(out, experiment, p).is_file()]
+    if unfinished:  # a profile table is written only whole: every plate of this run finished
+        log.warning("%s: %d plate(s) unfinished (%s): the experiment's profile tables are not written; rerun to finish them",
+                    experiment, len(unfinished), ", ".join(plate_stem(p) for p in unfinished))  # fmt: skip
+        return {"results": results, "failures": failures, "busy": busy, "wells": None, "failure_file": None}
+    try:
+        with experiment_lock(out, experiment):  # another run may be finishing other plates of it
+            paths = [write_profiles(out, kind, experiment, exp.wells, ctx.provenance) for kind in PROFILES]
+            failure_file = write_failures(out, experiment)
+    except OSError as exc:
+        raise ExtractError(f"cannot write the profile tables of {experiment} under {out} ({type(exc).__name__}: {exc}). "
+                           "Free disk space or fix the folder's permissions, then rerun: finished plates are kept") from exc  # fmt: skip
     return {"results": results, "failures": failures, "busy": busy, "wells": paths[0], "failure_file": failure_file}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,19 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.part")
 
 
+@contextmanager
+def _replacing(path: Path):
+    """Yield a temporary name beside ``path``; on success rename it to ``path``, on any failure
+    (a full disk, a kill signal turned exception) remove it: no final name ever holds a part file."""
+    tmp = _tmp(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_parquet(table: pd.DataFrame, path: str | Path, provenance: dict | None = None) -> Path:
     """Write ``table`` to a temporary name, then rename: a killed job leaves no half file."""
     path = Path(path)
@@ -25,18 +39,16 @@ def write_parquet(table: pd.DataFrame, path: str | Path, provenance: dict | None
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     if provenance is not None:
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance).encode()})
-    tmp = _tmp(path)
-    pq.write_table(arrow, tmp)
-    os.replace(tmp, path)
+    with _replacing(path) as tmp:
+        pq.write_table(arrow, tmp)
     return path
 
 
 def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with _replacing(path) as tmp:
+        table.to_csv(tmp, index=False)
     return path
 
 
@@ -67,16 +79,15 @@ def concat_parquet(parts: Sequence[Path], path: str | Path, provenance: dict | N
     if provenance is not None:
         schema = schema.with_metadata({PROVENANCE_KEY: json.dumps(provenance).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
     rows, pending = 0, []
 
-    def flush() -> None:
+    def flush(writer) -> None:
         if pending:
             table = pa.concat_tables(pending)
             writer.write_table(table, row_group_size=max(len(table), 1))
             pending.clear()
 
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with _replacing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for part in parts:
             table = pq.read_table(part)
             # by position: Table.column(name) scans the names, quadratic over thousands of columns
@@ -91,7 +102,6 @@ def concat_parquet(parts: Sequence[Path], path: str | Path, provenance: dict | N
             pending.append(pa.Table.from_arrays(columns, schema=schema))
             rows += len(table)
             if sum(map(len, pending)) >= row_group_rows:
-                flush()
-        flush()
-    os.replace(tmp, path)
+                flush(writer)
+        flush(writer)
     return rows

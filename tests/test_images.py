@@ -75,3 +75,14 @@ def test_composite_is_coloured_and_not_blank(real_sites):
     out = composite(only_nuclei)
     assert tuple(out[5, 5]) == (19, 0, 249)  # Hoechst drawn in RxRx1's blue
     assert out[0, 0].sum() == 0
+
+
+@pytest.mark.parametrize("damage", ["zero-byte", "half", "header only"])
+def test_a_damaged_tiff_is_named_never_a_bare_decoder_message(tmp_path, damage):
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, (np.arange(64 * 64) % 65535).astype(np.uint16).reshape(64, 64))
+    data = whole.read_bytes()
+    victim = tmp_path / "B02_s1_w3.tif"
+    victim.write_bytes({"zero-byte": b"", "half": data[: len(data) // 2], "header only": data[:100]}[damage])
+    with pytest.raises(ImageError, match=r"B02_s1_w3\.tif.*(zero-byte|corrupt or truncated)"):
+        read_image(victim)

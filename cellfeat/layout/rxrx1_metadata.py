@@ -102,6 +102,9 @@ def _read_kaggle(folder: Path) -> pd.DataFrame:
         required += ["sirna"] if name != "test.csv" else []
         required += ["well_type"] if "controls" in name else []
         table = _read_csv(file, required)
+        for column in ("plate", "sirna"):  # checked file by file, so that the error names the file
+            if column in table.columns:
+                _integers(table, column, file, allow_missing=column == "sirna")
         if "well_type" not in table.columns:
             table["well_type"] = "treatment"
         if "sirna" not in table.columns:
