@@ -38,6 +38,7 @@ from scipy import ndimage as ndi
 from cellfeat.layout import N_TREATMENTS, NEGATIVE_CONTROL, POSITIVE_CONTROLS, cell_type_of
 
 N_CHANNELS = 6
+LAYOUTS = ("kaggle", "loaddata")
 N_GROUPS = 4
 GROUP_SIZE = N_TREATMENTS // N_GROUPS  # 277
 ROWS = "BCDEFGHIJKLMNO"  # RxRx1 uses the inner 14 x 22 wells of a 384-well plate
@@ -367,28 +368,35 @@ def _write_csv(table: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_plate(spec: SynthSpec, wells: pd.DataFrame, effects: pd.DataFrame, out: Path) -> int:
-    """Render and write every site of one plate's wells; returns the number of cells drawn."""
+def plate_sites(spec: SynthSpec, wells: pd.DataFrame, effects: pd.DataFrame):
+    """Every site of one plate's wells, rendered: ``(well row, site number, Site)``, in order."""
     first = wells.iloc[0]
-    exp, plate, dataset = first["experiment"], int(first["plate"]), first["dataset"]
+    exp, plate = first["experiment"], int(first["plate"])
     look = CELL_TYPES[cell_type_of(exp)]
     batch = plate_batch(spec.seed, exp, plate, spec.batch_strength)
+    for row in wells.itertuples():
+        for site in range(1, spec.sites + 1):
+            rng = _rng(spec.seed, "site", exp, plate, row.well, site)
+            yield row, site, render_site(rng, look, effects.loc[row.sirna].to_numpy(), batch, spec.image_size)
+
+
+def write_plate(spec: SynthSpec, wells: pd.DataFrame, effects: pd.DataFrame, out: Path) -> int:
+    """Render and write every site of one plate's wells (Kaggle layout); returns the number of cells drawn."""
+    first = wells.iloc[0]
+    exp, plate, dataset = first["experiment"], int(first["plate"]), first["dataset"]
     folder = out / dataset / exp / f"Plate{plate}"
     folder.mkdir(parents=True, exist_ok=True)
     mask_folder = out / "masks" / dataset / exp / f"Plate{plate}"
     if spec.masks:
         mask_folder.mkdir(parents=True, exist_ok=True)
     total = 0
-    for row in wells.itertuples():
-        for site in range(1, spec.sites + 1):
-            rng = _rng(spec.seed, "site", exp, plate, row.well, site)
-            drawn = render_site(rng, look, effects.loc[row.sirna].to_numpy(), batch, spec.image_size)
-            total += drawn.n_cells
-            for c in range(N_CHANNELS):
-                _write_png(drawn.image[c], folder / f"{row.well}_s{site}_w{c + 1}.png")
-            if spec.masks:
-                for name, labels in (("nuclei", drawn.nuclei), ("cells", drawn.cells)):
-                    _write_png(labels.astype(np.uint16), mask_folder / f"{row.well}_s{site}_{name}.png")
+    for row, site, drawn in plate_sites(spec, wells, effects):
+        total += drawn.n_cells
+        for c in range(N_CHANNELS):
+            _write_png(drawn.image[c], folder / f"{row.well}_s{site}_w{c + 1}.png")
+        if spec.masks:
+            for name, labels in (("nuclei", drawn.nuclei), ("cells", drawn.cells)):
+                _write_png(labels.astype(np.uint16), mask_folder / f"{row.well}_s{site}_{name}.png")
     return total
 
 
@@ -406,13 +414,18 @@ def write_tables(wells: pd.DataFrame, effects: pd.DataFrame, out: Path) -> None:
     _write_csv(effects.reset_index(), out / "synth_phenotypes.csv")
 
 
-def generate(spec: SynthSpec, out: str | Path, *, groups: np.ndarray | None = None, jobs: int = 1, progress=None) -> pd.DataFrame:
+def generate(spec: SynthSpec, out: str | Path, *, groups: np.ndarray | None = None, jobs: int = 1, progress=None,
+             layout: str = "kaggle") -> pd.DataFrame:  # fmt: skip
     """Write the whole dataset under ``out``; returns the well table (with true siRNAs).
 
     ``groups``: a (4, 277) array of siRNA ids (e.g. :func:`groups_from_wells` of the real
     metadata); by default drawn by the same rule. ``progress``: called with each plate's
-    number of cells as plates finish.
+    number of cells as plates finish. ``layout``: ``"kaggle"`` (RxRx1's folders and CSVs) or
+    ``"loaddata"`` (5 named channels, 16-bit TIFF, a CellProfiler LoadData CSV and a plate map:
+    :mod:`cellfeat.synth_loaddata`); the Kaggle CSVs and the answers are written either way.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     from joblib import Parallel, delayed
 
     out = Path(out)
@@ -422,9 +435,17 @@ def generate(spec: SynthSpec, out: str | Path, *, groups: np.ndarray | None = No
     plates = [g for _, g in wells.groupby(["experiment", "plate"], sort=True)]
     runner = Parallel(n_jobs=jobs, return_as="generator")
     counts = []
-    for n_cells in runner(delayed(write_plate)(spec, p, effects, out) for p in plates):
+    if layout == "loaddata":
+        from cellfeat.synth_loaddata import write_loaddata, write_plate_tiffs
+
+        writer = write_plate_tiffs
+    else:
+        writer = write_plate
+    for n_cells in runner(delayed(writer)(spec, p, effects, out) for p in plates):
         counts.append(n_cells)
         if progress is not None:
             progress(n_cells)
     write_tables(wells, effects, out)
+    if layout == "loaddata":
+        write_loaddata(spec, wells, out)
     return wells

@@ -37,7 +37,10 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _add_synth(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="folder to write the dataset into (Kaggle layout)")
+    p.add_argument("--out", required=True, help="folder to write the dataset into")
+    p.add_argument("--layout", choices=["kaggle", "loaddata"], default="kaggle",
+                   help="kaggle: RxRx1's folders, 6 8-bit PNGs a site (default); loaddata: 5 named Cell Painting "
+                        "channels as 16-bit TIFF with load_data.csv and platemap.csv (sites = fields a well)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--train-experiments", default="HUVEC-01,HEPG2-01",
                    help="comma-separated training experiments (default HUVEC-01,HEPG2-01)")

@@ -1,4 +1,5 @@
-"""``cellfeat synth``: write a synthetic RxRx1-like dataset (Kaggle layout) with known answers."""
+"""``cellfeat synth``: write a synthetic RxRx1-like dataset with known answers, in RxRx1's Kaggle
+layout or (``--layout loaddata``) as 16-bit TIFFs with a CellProfiler LoadData CSV."""
 
 from __future__ import annotations
 
@@ -51,8 +52,11 @@ def run(args) -> int:
             cells += n_cells
             bar.update(1)
 
-        wells = generate(spec, args.out, groups=groups, jobs=args.jobs, progress=progress)
+        wells = generate(spec, args.out, groups=groups, jobs=args.jobs, progress=progress, layout=args.layout)
     seconds = time.perf_counter() - start
     sites = len(wells) * spec.sites
     log.info("wrote %d wells, %d sites, %d cells in %.1f s (%.3f s/site)", len(wells), sites, cells, seconds, seconds / sites)
+    if args.layout == "loaddata":
+        log.info("LoadData: cellfeat extract --load-data %s/load_data.csv --metadata %s/platemap.csv "
+                 "--config configs/cellpainting.toml --out OUT", args.out, args.out)  # fmt: skip
     return 0
