@@ -348,19 +348,24 @@ class StageTimer:
 
 def _context(data: Path, config: dict, embed: bool):
     from pipelines.extract_unit import Context
+    from pipelines.settings import rxrx1_settings
 
-    return Context(data_root=str(data), config=config, segmenter="classical", embed=embed, skip_bad=False,
+    return Context(settings=rxrx1_settings(config), segmenter="classical", embed=embed, skip_bad=False,
                    provenance={"config": config, "segmenter": "classical", "embed": embed})  # fmt: skip
 
 
 def _unit(data: Path, work: Path, config: dict, experiment: str, wells: list[str], n_sites: int, embed: bool):
+    from cellfeat.layout import rxrx1_sites
     from pipelines.extract import plate_stats
     from pipelines.extract_unit import Unit
+    from pipelines.settings import rxrx1_channel_numbers
 
-    plan = pd.DataFrame([(1, w, s) for w in wells for s in (1, 2)], columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site"])
-    stats = plate_stats(data, experiment, plan, list(config["channels"]["order"]))[1] if embed else None
-    sites = tuple((r.Metadata_Well, int(r.Metadata_Site)) for r in plan.iloc[:n_sites].itertuples())
-    return Unit(experiment=experiment, plate=1, cell_type=cell_type_of(experiment), sites=sites,
+    listed = pd.DataFrame({"Metadata_Experiment": experiment, "Metadata_Plate": 1, "Metadata_Well": wells,
+                           "Metadata_CellType": cell_type_of(experiment)})  # fmt: skip
+    records = rxrx1_sites(data, listed, experiment=experiment, channels=rxrx1_channel_numbers(config), plates=[1]).sites
+    names = [f"w{n}" for n in rxrx1_channel_numbers(config)]
+    stats = plate_stats(records, names, skip=set())[0] if embed else None
+    return Unit(experiment=experiment, plate=1, cell_type=cell_type_of(experiment), sites=tuple(records[:n_sites]),
                 cells_part=str(work / f"{experiment}.cells.parquet"), wells_part=str(work / f"{experiment}.wells.parquet"),
                 sites_part=str(work / f"{experiment}.sites.parquet"),
                 stats=stats)  # fmt: skip
@@ -373,7 +378,7 @@ def stage_split(unit, ctx) -> tuple[dict[str, float], int, float]:
 
     timer = StageTimer()
     patches = [
-        (eu, "site_files", "load"), (eu, "load_site", "load"), (eu, "segment_sites", "segment"),
+        (eu, "load_site", "load"), (eu, "segment_sites", "segment"),
         (eu, "_site_table", "features"), (cellfeat.embed, "embed_sites", "embed"),
         (eu, "aggregate_wells", "aggregate"), (eu, "write_parquet", "write"),
     ]  # fmt: skip
@@ -394,18 +399,18 @@ def family_split(unit, ctx, families: list[str]) -> dict[str, float]:
     """Seconds per site of ``measure_objects`` one family at a time, over the unit's sites."""
     from cellfeat.features.measure import measure_objects
     from cellfeat.images import load_site
-    from pipelines.extract_unit import channel_names, segment_sites
+    from pipelines.extract_unit import segment_sites
 
-    order = ctx.config["channels"]["order"]
-    pixels = [load_site(site_files(ctx.data_root, SiteKey(unit.experiment, unit.plate, w, s), order)) for w, s in unit.sites]
+    names = ctx.settings.channels.names
+    pixels = [load_site(r.paths(names)) for r in unit.sites]
     segs = segment_sites(ctx, pixels, unit.cell_type)
-    options = ctx.config.get("features", {}).get("options") or {}
+    options = ctx.settings.features.options or {}
     seconds = defaultdict(float)
     for px, seg in zip(pixels, segs):
         masks = {"Nuclei": seg.nuclei, "Cells": seg.cells, "Cytoplasm": seg.cytoplasm}
         for family in families:
             start = time.perf_counter()
-            measure_objects(masks, px, channel_names(ctx.config), families=[family],
+            measure_objects(masks, px, names, families=[family],
                             options={k: v for k, v in options.items() if k == family} or None)  # fmt: skip
             seconds[family] += time.perf_counter() - start
     return {f: seconds[f] / len(pixels) for f in families}
