@@ -259,8 +259,11 @@ def measure_unit(unit: Unit, ctx: Context, staged: Staged) -> tuple[pd.DataFrame
         tables.append(table)
         measured.append(record.key)
     cells = pd.concat(tables, ignore_index=True) if tables else empty_cells(unit)
-    features = [c for c in cells.columns if not c.startswith("Metadata_")]
-    cells[features] = cells[features].astype(np.float32)
+    # features and embeddings are float32 already; recasting all of them (cells[f] = ...) would
+    # split the frame into one block a column and make every later step pay for thousands
+    odd = [c for c, t in cells.dtypes.items() if not c.startswith("Metadata_") and t != np.float32]
+    if odd:
+        cells = cells.astype({c: np.float32 for c in odd})
     return cells, measured, failures
 
 
