@@ -354,6 +354,9 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
         return {"results": results, "failures": failures, "busy": busy, "wells": None, "failure_file": None}
     try:
         with experiment_lock(out, experiment):  # another run may be finishing other plates of it
+            for leftover in [*(out / k / f".{experiment}.parquet" for k in PROFILES), out / "failures" / f".{experiment}.csv"]:
+                for f in leftover.parent.glob(f"{leftover.name}.*.part"):  # of a killed run: no one writes them now
+                    f.unlink(missing_ok=True)
             paths = [write_profiles(out, kind, experiment, exp.wells, ctx.provenance) for kind in PROFILES]
             failure_file = write_failures(out, experiment)
     except OSError as exc:
