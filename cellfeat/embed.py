@@ -502,8 +502,14 @@ class EmbedConfig:
                 raise EmbedError(f"[embed] {key} must be a string, got {values[key]!r}")
         return replace(cls(), **values)
 
-    def embedder(self, n_channels: int = 6) -> Embedder:
-        module = build_backbone(self.backbone, self.weights or None, n_channels=n_channels, channels=self.channels)
+    def embedder(self, colors: Sequence[Sequence[int]]) -> Embedder:
+        """The configured network for sites with one channel per colour in ``colors`` (the config's
+        ``[channels] colors``, in the channels' order): the composite stem tints each channel with its
+        own colour, so the colours are part of the network, not a rendering detail."""
+        if not len(colors):
+            raise EmbedError("the embedder needs one [r, g, b] colour per channel; got none")
+        module = build_backbone(self.backbone, self.weights or None, n_channels=len(colors), channels=self.channels,
+                                colors=colors)  # fmt: skip
         return Embedder(module, name=self.name or backbone_label(self.backbone), device=self.device,
                         batch_size=self.batch_size)
 

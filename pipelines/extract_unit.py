@@ -105,10 +105,10 @@ def _segmenter(ctx: Context):
 
 
 def _embedder(ctx: Context):
-    cfg = ctx.settings.embed
-    key = f"embed:{cfg!r}:{len(ctx.settings.channels.names)}"
+    cfg, colors = ctx.settings.embed, ctx.settings.channels.colors
+    key = f"embed:{cfg!r}:{colors!r}"
     if key not in _STATE:
-        _STATE[key] = cfg.embedder(len(ctx.settings.channels.names))
+        _STATE[key] = cfg.embedder(colors)
     return cfg, _STATE[key]
 
 

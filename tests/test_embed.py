@@ -218,7 +218,7 @@ def test_real_rxrx1_crops_give_finite_embeddings(real_sites):
         labels[labels > 6] = 0  # a few cells per site are enough
         sites.append((pixels, labels.astype(np.int32)))
     config = E.EmbedConfig(device="cpu", crop_size=64, batch_size=32)
-    tables = E.embed_sites(config.embedder(), sites, crop_size=64, normalization=E.Normalization.GIVEN,
+    tables = E.embed_sites(config.embedder(E.RXRX1_COLORS), sites, crop_size=64, normalization=E.Normalization.GIVEN,
                            stats=E.pooled_stats(p for p, _ in sites))
     for table, (_, labels) in zip(tables, sites):
         assert len(table) == labels.max() == 6
@@ -266,14 +266,14 @@ def tiny(tmp_path, monkeypatch):
 def test_custom_backbone_from_config(tiny):
     config = E.EmbedConfig.from_table({"backbone": "tinynet:TinyNet", "weights": str(tiny), "name": "Tiny",
                                        "device": "cpu", "crop_size": 8, "normalization": "site"})
-    embedder = config.embedder()
+    embedder = config.embedder(E.RXRX1_COLORS)
     crops = np.random.default_rng(3).random((7, 6, 8, 8)).astype(np.float32)
     expected = crops.mean(axis=(2, 3)) @ (np.arange(24).reshape(4, 6) / 10).T + [1.0, -1.0, 0.5, 0.0]
     np.testing.assert_allclose(embedder.embed(crops), expected, rtol=1e-5)
 
 
 def test_tables_columns_dtypes_and_absent_labels(tiny):
-    embedder = E.EmbedConfig(backbone="tinynet:TinyNet", weights=str(tiny), name="Tiny", device="cpu").embedder()
+    embedder = E.EmbedConfig(backbone="tinynet:TinyNet", weights=str(tiny), name="Tiny", device="cpu").embedder(E.RXRX1_COLORS)
     pixels, labels = _blobs()
     labels[labels == 2] = 0
     empty = np.zeros_like(labels)
@@ -293,7 +293,7 @@ def test_tables_columns_dtypes_and_absent_labels(tiny):
 
 def test_sites_embedded_in_chunks_give_the_same_tables(tiny, monkeypatch):
     """embed_sites sends crops on in chunks (memory); chunking must not change a number."""
-    embedder = E.EmbedConfig(backbone="tinynet:TinyNet", weights=str(tiny), name="Tiny", device="cpu", batch_size=2).embedder()
+    embedder = E.EmbedConfig(backbone="tinynet:TinyNet", weights=str(tiny), name="Tiny", device="cpu", batch_size=2).embedder(E.RXRX1_COLORS)
     pixels, labels = _blobs()
     sites = [(pixels, labels), (pixels, np.zeros_like(labels)), (pixels[:, :30], labels[:30]), (pixels, labels)]
     whole = E.embed_sites(embedder, sites, crop_size=8)
@@ -305,7 +305,7 @@ def test_sites_embedded_in_chunks_give_the_same_tables(tiny, monkeypatch):
 
 
 def test_zero_cells_only(tiny):
-    embedder = E.EmbedConfig(backbone="tinynet:TinyNet", weights=str(tiny), name="Tiny", device="cpu").embedder()
+    embedder = E.EmbedConfig(backbone="tinynet:TinyNet", weights=str(tiny), name="Tiny", device="cpu").embedder(E.RXRX1_COLORS)
     pixels, labels = _blobs()
     (table,) = E.embed_sites(embedder, [(pixels, np.zeros_like(labels))], crop_size=8)
     assert len(table) == 0 and list(table.columns) == [E.OBJECT_NUMBER] + [f"Embedding_Tiny_{i:04d}" for i in range(4)]

@@ -139,3 +139,62 @@ def test_a_config_naming_a_channel_the_csv_lacks_is_a_clear_error(both_layouts, 
     csv = both_layouts / "ld" / "load_data.csv"
     assert main(["extract", "--load-data", str(csv), "--out", str(tmp_path / "o"), "--no-embed"]) == 2  # RxRx1's default config
     assert "[channels] nuclei" in caplog.text and "'DNA', 'ER', 'RNA', 'AGP', 'Mito'" in caplog.text
+
+
+def _seven_channels(both_layouts: Path, folder: Path) -> tuple[Path, Path]:
+    """The LoadData set with two more channels (copies of DNA and Mito under new names), and a
+    config that gives all seven a colour."""
+    table = pd.read_csv(both_layouts / "ld" / "load_data.csv")
+    for path in [c for c in table.columns if c.startswith("PathName_")]:  # relative to the CSV's folder
+        table[path] = [str(both_layouts / "ld" / p) for p in table[path]]
+    for new, old in (("Brightfield", "DNA"), ("Extra", "Mito")):
+        table[f"FileName_{new}"], table[f"PathName_{new}"] = table[f"FileName_{old}"], table[f"PathName_{old}"]
+    csv = folder / "load_data_7.csv"
+    table.to_csv(csv, index=False)
+    config = folder / "seven.toml"
+    config.write_text(FAST.replace("embed = false", "embed = true") + """
+[channels]
+use = ["DNA", "ER", "RNA", "AGP", "Mito", "Brightfield", "Extra"]
+nuclei = "DNA"
+colors = [[0, 0, 255], [0, 255, 0], [0, 255, 255], [255, 0, 0], [255, 0, 255], [128, 128, 128], [255, 128, 0]]
+[segment.classical]
+cell_channels = ["ER", "AGP"]
+[embed]
+crop_size = 32
+""")
+    return csv, config
+
+
+def test_extract_embeds_a_seven_channel_loaddata_set_with_its_configured_colours(both_layouts, tmp_path):
+    """More channels than RxRx1's six: every channel gets the config's colour (this failed while the
+    embedder took RxRx1's six colours whatever the config said)."""
+    csv, config = _seven_channels(both_layouts, tmp_path)
+    assert main(["extract", "--load-data", str(csv), "--metadata", str(both_layouts / "ld" / "platemap.csv"), "--config",
+                 str(config), "--out", str(tmp_path / "o"), "--segmenter", "classical"]) == 0  # fmt: skip
+    cells = pd.read_parquet(tmp_path / "o" / "cells" / "U2OS-01" / "PlateP1.parquet")
+    embedding = cells.filter(like="Embedding_EfficientNetLite0_")
+    assert embedding.shape[1] > 100 and len(cells) > 0 and np.isfinite(embedding.to_numpy()).all()
+    assert "Cells_Intensity_MeanIntensity_Extra" in cells.columns
+
+
+def test_the_embedder_of_a_five_channel_set_mixes_its_channels_with_the_config_colours(both_layouts):
+    """configs/cellpainting.toml gives RNA cyan; RxRx1's third colour (phalloidin red) must not leak in."""
+    import torch
+
+    from cellfeat import embed as E
+    from pipelines import extract_unit
+    from pipelines.config import load_config
+    from pipelines.extract_unit import Context
+    from pipelines.settings import parse_settings
+
+    config = load_config(REPO / "configs" / "cellpainting.toml")
+    settings = parse_settings(config, read_loaddata(both_layouts / "ld" / "load_data.csv").channels)
+    assert settings.channels.names == ("DNA", "ER", "RNA", "AGP", "Mito")
+    extract_unit._STATE.clear()
+    _, used = extract_unit._embedder(Context(settings=settings, segmenter="classical", embed=True, skip_bad=False, provenance={}))
+    crops = np.random.default_rng(0).normal(size=(4, 5, 32, 32)).astype(np.float32)
+    torch.manual_seed(0)
+    wanted = E.Embedder(E.build_backbone(n_channels=5, colors=config["channels"]["colors"]), name="x", device="cpu")
+    rxrx1 = E.Embedder(E.build_backbone(n_channels=5, colors=E.RXRX1_COLORS), name="x", device="cpu")
+    np.testing.assert_allclose(used.embed(crops), wanted.embed(crops), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(used.embed(crops), rxrx1.embed(crops), rtol=1e-3, atol=1e-4)
