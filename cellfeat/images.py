@@ -62,6 +62,42 @@ def read_image(path: str | Path) -> np.ndarray:
     raise ImageError(f"{path} has pixel type {raw.dtype}; expected 8- or 16-bit unsigned integers or float")
 
 
+# Pillow modes of grey images -> the largest value of their pixel type (read_image's divisor)
+_PIL_FULL_SCALE = {"1": 255, "L": 255, "P": 255, "I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+# a float image has no bit depth: its values are taken as they are, and Costes' threshold search
+# uses the finest grid in common use (16-bit); [features.options] Correlation = { scale_max = N } sets another
+FLOAT_FULL_SCALE = 65535
+
+
+def full_scale(path: str | Path) -> int:
+    """The largest grey value of the file's pixel type, from its header: 255 for 8-bit, 65535 for
+    16-bit (the divisor :func:`read_image` used, as CellProfiler's NamesAndTypes does). This is the
+    image's ``scale`` that CellProfiler's MeasureColocalization searches Costes' thresholds on."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                dtype = np.dtype(tif.pages[0].dtype)
+            if dtype.kind == "f":
+                return FLOAT_FULL_SCALE
+            return 255 if dtype.itemsize == 1 else 65535
+        with Image.open(path) as im:
+            mode = im.mode
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"cannot read the header of image file {path} ({type(exc).__name__}: {exc}); the file is "
+                         "corrupt or truncated: copy or download it again") from exc  # fmt: skip
+    if mode == "F":
+        return FLOAT_FULL_SCALE
+    if mode not in _PIL_FULL_SCALE:
+        raise ImageError(f"{path} has pixel mode {mode!r}; expected an 8- or 16-bit grey image")
+    return _PIL_FULL_SCALE[mode]
+
+
+def site_full_scale(paths: Sequence[str | Path]) -> int:
+    """:func:`full_scale` of a site: the largest over its channel files (they normally agree)."""
+    return max(full_scale(p) for p in paths)
+
+
 def load_site(paths: Sequence[str | Path]) -> np.ndarray:
     """Load the channel files of one site, in the given order, as ``(C, H, W)`` float32.
 

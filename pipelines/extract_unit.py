@@ -24,7 +24,7 @@ import pandas as pd
 
 from cellfeat.aggregate import SITE_KEYS, aggregate_wells
 from cellfeat.features.measure import measure_objects
-from cellfeat.images import ImageError, load_site
+from cellfeat.images import ImageError, load_site, site_full_scale
 from cellfeat.layout import SiteKey, SiteRecord, plate_stem
 from pipelines.settings import Settings
 from pipelines.tables import write_parquet
@@ -132,14 +132,23 @@ def segment_sites(ctx: Context, sites: list[np.ndarray], cell_type: str | None):
     return [segment_site(s, **params) for s in sites]
 
 
-def _site_table(key: SiteKey, seg, pixels: np.ndarray, ctx: Context) -> pd.DataFrame:
-    features = ctx.settings.features
+def feature_options(options: dict, scale: int) -> dict:
+    """The families' options for one site: Costes' grey-level grid (Correlation's ``scale_max``) is
+    the site's bit depth (:func:`cellfeat.images.site_full_scale`) unless the config sets it."""
+    correlation = dict(options.get("Correlation", {}))
+    correlation.setdefault("scale_max", int(scale))
+    return {**options, "Correlation": correlation}
+
+
+def _site_table(record: SiteRecord, seg, pixels: np.ndarray, ctx: Context) -> pd.DataFrame:
+    features, key = ctx.settings.features, record.key
+    scale = site_full_scale(record.paths(ctx.settings.channels.names))
     table = measure_objects(
         {"Nuclei": seg.nuclei, "Cells": seg.cells, "Cytoplasm": seg.cytoplasm},
         pixels,
         ctx.settings.channels.names,
         families=features.families,
-        options=features.options or None,
+        options=feature_options(dict(features.options), scale),
     )
     n = len(table)
     table.insert(1, "Metadata_BorderObject", np.asarray(seg.border[:n], bool) if n else np.zeros(0, bool))
@@ -248,7 +257,7 @@ def measure_unit(unit: Unit, ctx: Context, staged: Staged) -> tuple[pd.DataFrame
         if px is None:  # unreadable on the reload (skip_bad): recorded by _load
             continue
         try:
-            table = _site_table(record.key, seg, px, ctx)
+            table = _site_table(record, seg, px, ctx)
         except (ValueError, FloatingPointError) as exc:
             if not ctx.skip_bad:
                 raise RuntimeError(f"{record.key}: features failed: {exc}") from exc

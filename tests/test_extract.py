@@ -245,3 +245,49 @@ def test_device_option_sets_every_gpu_stage():
     assert config["embed"]["device"] == "cuda:1" and config["segment"]["cellpose"]["device"] == "cuda:1"
     assert config["embed"]["crop_size"] == load_config()["embed"]["crop_size"]  # the rest kept
     assert with_device(load_config(), None) == load_config()
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_costes_searches_on_the_grid_of_the_sites_bit_depth(tmp_path, bits):
+    """CellProfiler's Costes ("Faster") searches thresholds on the image's own scale: 65,535 grey
+    levels for a 16-bit file, 255 for an 8-bit one. The extract path takes it from the files."""
+    colocalization = pytest.importorskip("cp_measure.core.measurecolocalization")
+    import tifffile
+    from scipy import ndimage as ndi
+
+    from cellfeat.features.correlation import correlation
+    from cellfeat.images import load_site
+    from cellfeat.layout import SiteKey, SiteRecord
+    from cellfeat.segment.objects import Segmentation
+    from pipelines.extract_unit import Context, Staged, Unit, measure_unit
+    from pipelines.settings import parse_settings
+
+    rng = np.random.default_rng(7)
+    top = 2**bits - 1
+    base = ndi.gaussian_filter(rng.random((64, 64)), 2)
+    raw = []
+    for noise in (0.0, 0.5):
+        plane = ndi.gaussian_filter(base + noise * rng.random((64, 64)), 1)
+        plane = (plane - plane.min()) / (plane.max() - plane.min())
+        raw.append(np.round(plane * top).astype(np.uint8 if bits == 8 else np.uint16))
+    files = []
+    for name, plane in zip("AB", raw):
+        tifffile.imwrite(tmp_path / f"{name}.tif", plane)
+        files.append((name, str(tmp_path / f"{name}.tif")))
+    labels = np.kron(np.arange(1, 17).reshape(4, 4), np.ones((16, 16), int)).astype(np.int32)
+    seg = Segmentation(nuclei=labels, cells=labels, cytoplasm=labels, border=np.zeros(16, bool))
+    config = {"channels": {"colors": [[0, 0, 255], [0, 255, 0]]}, "segment": {"classical": {"cell_channels": ["B"]}},
+              "features": {"families": ["Correlation"]}}  # fmt: skip
+    ctx = Context(settings=parse_settings(config, ["A", "B"]), segmenter="classical", embed=False, skip_bad=False, provenance={})
+    record = SiteRecord(SiteKey("E", "P", "A01", 1), tuple(files))
+    pixels = load_site(record.paths(["A", "B"]))
+    unit = Unit("E", "P", None, (record,), cells_part="", wells_part="", sites_part="")
+    table, _, _ = measure_unit(unit, ctx, Staged([record], [seg], [None], [], pixels=[pixels]))
+    # cp_measure on the pixels we measure (float32 k / scale, as float64), on the grid of the bit depth
+    theirs = colocalization.get_correlation_costes(*pixels.astype(np.float64), labels, scale_max=top)
+    for i in (1, 2):
+        ours = table[f"Cells_Correlation_Costes_A_B_{i}"].to_numpy(np.float64)
+        np.testing.assert_allclose(ours, theirs[f"Correlation_Costes_{i}"], rtol=1e-6, atol=1e-9)
+    if bits == 16:  # the test can tell the grids apart: an 8-bit grid gives other thresholds here
+        coarse = correlation(labels, pixels, scale_max=255)["Correlation_Costes_{image}_1"]
+        assert np.nanmax(np.abs(coarse - table["Cells_Correlation_Costes_A_B_1"].to_numpy())) > 1e-3

@@ -86,3 +86,23 @@ def test_a_damaged_tiff_is_named_never_a_bare_decoder_message(tmp_path, damage):
     victim.write_bytes({"zero-byte": b"", "half": data[: len(data) // 2], "header only": data[:100]}[damage])
     with pytest.raises(ImageError, match=r"B02_s1_w3\.tif.*(zero-byte|corrupt or truncated)"):
         read_image(victim)
+
+
+def test_full_scale_is_the_files_bit_depth(tmp_path):
+    """The grey-level scale CellProfiler divides by and searches Costes' thresholds on, from the header."""
+    import tifffile
+    from PIL import Image
+
+    from cellfeat.images import full_scale, site_full_scale
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((4, 4), 1000, np.uint16)).save(tmp_path / "b.png")
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((4, 4), np.uint8))
+    tifffile.imwrite(tmp_path / "d.tif", np.zeros((4, 4), np.uint16))
+    tifffile.imwrite(tmp_path / "e.tif", np.zeros((4, 4), np.float32))
+    got = [full_scale(tmp_path / n) for n in ("a.png", "b.png", "c.tif", "d.tif", "e.tif")]
+    assert got == [255, 65535, 255, 65535, 65535]
+    assert site_full_scale([tmp_path / "a.png", tmp_path / "d.tif"]) == 65535
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="bad.png"):
+        full_scale(tmp_path / "bad.png")

@@ -59,7 +59,8 @@ def correlation(
 
     ``pixels`` is a ``(2, H, W)`` stack of images in [0, 1]; ``thr`` is the percentage of each
     object's maximum above which a pixel counts for Manders/Overlap/K/RWC; ``scale_max`` is the
-    acquisition's maximum grey value (255 for RxRx1's 8-bit PNGs), which sets Costes' grid.
+    acquisition's maximum grey value (255 for RxRx1's 8-bit PNGs, 65535 for 16-bit files), which sets
+    Costes' grid; ``cellfeat extract`` takes it from each site's files (:func:`cellfeat.images.full_scale`).
     """
     labels = as_labels(labels)
     pixels = np.asarray(pixels)
