@@ -75,7 +75,7 @@ def _add_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plate", required=True, help="plate (RxRx1: its number)")
     p.add_argument("--well", required=True, help="well name such as B02")
     p.add_argument("--site", type=int, default=1)
-    p.add_argument("--config", help="TOML config (default configs/rxrx1.toml)")
+    p.add_argument("--config", help="TOML config (merged over configs/rxrx1.toml for --data-root, else over the defaults)")
     p.add_argument("--out", required=True, help="PNG file to write")
 
 
@@ -85,7 +85,7 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
                experiment="experiment to extract, e.g. HUVEC-01 (needed with --data-root); with --load-data: the CSV's "
                           "Metadata_Experiment to keep, or the name of its experiment (default: the CSV's stem)")  # fmt: skip
     p.add_argument("--plates", help="comma-separated plates (default: all)")
-    p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml")
+    p.add_argument("--config", help="TOML config, merged over configs/rxrx1.toml for --data-root (RxRx1), else over the generic defaults")
     p.add_argument("--out", required=True, help="output folder: cells/, wells/, sites/, failures/")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--dask", metavar="ADDRESS", help="run the units on the Dask scheduler at ADDRESS instead")
@@ -101,7 +101,7 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
                    help="profile tables of cellfeat extract: OUT/sites (one row a site, used as [fit] sites says) or "
                         "OUT/wells (one row a well), or one parquet file")
     p.add_argument("--metadata", required=True, help="RxRx1 metadata folder or CSV: labels and siRNA groups")
-    p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml ([fit] tables)")
+    p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml ([fit] tables; defaults in pipelines/settings.py)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--folds", type=int, help="cross-validation folds grouped by experiment (default from config; 0 = none)")
     p.add_argument("--per-cell-type", action="store_true", help="one model per cell type")
@@ -138,7 +138,7 @@ def _add_segment(p: argparse.ArgumentParser) -> None:
                    help="classical (no weights), cellpose (needs weights on disk) or auto (default from config: auto)")
     p.add_argument("--overlay", action="store_true", help="also write a composite PNG with the outlines")
     p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml ([segment] tables)")
+    p.add_argument("--config", help="TOML config ([segment] tables), merged over configs/rxrx1.toml for --data-root")
 
 
 def _add_report(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,13 @@
-"""Read TOML configs from configs/ (or a user's file) and merge them over the defaults."""
+"""Read TOML configs: the generic defaults, RxRx1's values where the input is RxRx1, the user's file.
+
+Defaults live in code, once: the typed settings (:mod:`pipelines.settings`) and the classes they
+build (``NucleiParams``, ``EmbedConfig``, ``PlateNormalizer``, ``SirnaClassifier``) hold them, so
+an input read from a LoadData CSV gets generic defaults and nothing of RxRx1's. RxRx1's own values
+(its six channels and their colours, the cytoplasm channels, HepG2's segmentation, Cellpose
+diameters per cell type) are in ``configs/rxrx1.toml``, applied when the input is RxRx1's folders
+(``--data-root``) or when a command works on RxRx1 tables (``fit``). ``--config FILE`` is merged
+over that: a key it sets wins, tables merge key by key.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +15,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from cellfeat.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-DEFAULT = CONFIG_DIR / "rxrx1.toml"
+RXRX1 = CONFIG_DIR / "rxrx1.toml"
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -17,22 +28,27 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None) -> dict[str, Any]:
-    """The default config (configs/rxrx1.toml), with the keys of ``path`` merged over it."""
-    if not DEFAULT.is_file():
-        raise FileNotFoundError(
-            f"default config {DEFAULT} is missing: cellfeat must be installed from its source tree "
-            f"(pip install -e .)"
-        )
-    config = tomllib.loads(DEFAULT.read_text())
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; give the path of a TOML file (see configs/)")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def load_config(path: str | Path | None = None, *, rxrx1: bool = False) -> dict[str, Any]:
+    """The config a run uses: the keys of ``configs/rxrx1.toml`` where ``rxrx1`` (the input is
+    RxRx1's), with those of ``path`` merged over them; ``{}`` (every default) without either."""
+    config: dict[str, Any] = {}
+    if rxrx1:
+        if not RXRX1.is_file():
+            raise ConfigError(f"RxRx1's config {RXRX1} is missing: cellfeat must be installed from its source tree "
+                              "(pip install -e .)")  # fmt: skip
+        config = read_toml(RXRX1)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            config = _merge(config, tomllib.loads(path.read_text()))
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
+        config = _merge(config, read_toml(path))
     return config
 
 

@@ -367,7 +367,7 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
 
 def run(args) -> int:
     start = time.perf_counter()
-    config = with_device(load_config(args.config), args.device)
+    config = with_device(load_config(args.config, rxrx1=bool(args.data_root)), args.device)
     sites = open_input(config=config, data_root=args.data_root, load_data=args.load_data, metadata=args.metadata,
                        experiment=args.experiment, plates=parse_plates(args.plates))  # fmt: skip
     settings = parse_settings(config, sites.channels)

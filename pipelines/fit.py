@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import joblib
@@ -27,6 +27,7 @@ from cellfeat.model import SirnaClassifier, experiment_folds, full_proba, score_
 from cellfeat.normalize import PlateNormalizer, feature_columns
 from pipelines.config import load_config
 from pipelines.provenance import versions
+from pipelines.settings import FitSettings, check_tables, fit_settings
 
 log = logging.getLogger(__name__)
 
@@ -153,31 +154,31 @@ class TrainedModel:
         return out
 
 
-def _classifier(config: dict, n_estimators: int | None = None, early_stopping: bool = True) -> SirnaClassifier:
-    params = dict(config["fit"]["model"])
-    if n_estimators is not None:
-        params["n_estimators"] = n_estimators
+def _classifier(fit: FitSettings, n_estimators: int | None = None, early_stopping: bool = True) -> SirnaClassifier:
+    over = {} if n_estimators is None else {"n_estimators": n_estimators}
     if not early_stopping:
-        params["early_stopping_rounds"] = None
-    return SirnaClassifier(**params)
+        over["early_stopping_rounds"] = None
+    return fit.classifier(**over)
 
 
-def fit_model(train: pd.DataFrame, config: dict, groups: pd.Series, *, valid: pd.DataFrame | None = None, n_estimators: int | None = None) -> TrainedModel:
+def fit_model(train: pd.DataFrame, fit: FitSettings, groups: pd.Series, *, config: dict | None = None,
+              valid: pd.DataFrame | None = None, n_estimators: int | None = None) -> TrainedModel:  # fmt: skip
     """Fit normalizer and classifier(s) on ``train`` (all well types; learns from treatments):
-    well profiles, or site profiles used as ``[fit] sites`` says (:func:`as_profiles`)."""
-    sites = config["fit"]["sites"] if "Metadata_Site" in train.columns else None
+    well profiles, or site profiles used as ``[fit] sites`` says (:func:`as_profiles`).
+    ``config``: the raw config, kept in the model for its provenance."""
+    sites = fit.sites if "Metadata_Site" in train.columns else None
     if sites is not None:
         train = as_profiles(train, sites)
         valid = None if valid is None else as_profiles(valid, sites)
-    normalizer = PlateNormalizer(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["fit"]["normalize"].items()})
+    normalizer = fit.normalizer()
     normalizer.fit(train, feature_columns(train))
-    learn = train["Metadata_WellType"].isin(config["fit"]["well_types"]) & train["Metadata_Sirna"].notna()
+    learn = train["Metadata_WellType"].isin(fit.well_types) & train["Metadata_Sirna"].notna()
     norm_train = normalizer.transform(train)[learn.to_numpy()]  # each plate by its controls, then keep treatments
     norm_valid = None
     if valid is not None:
         v = valid["Metadata_WellType"].eq("treatment") & valid["Metadata_Sirna"].notna()
         norm_valid = normalizer.transform(valid)[v.to_numpy()]
-    split = config["fit"]["per_cell_type"]
+    split = fit.per_cell_type
     classifiers = {}
     for cell_type, part in (norm_train.groupby("Metadata_CellType") if split else [("all", norm_train)]):
         X = np.nan_to_num(part[normalizer.features_].to_numpy(np.float32))
@@ -186,9 +187,9 @@ def fit_model(train: pd.DataFrame, config: dict, groups: pd.Series, *, valid: pd
         if norm_valid is not None:
             vpart = norm_valid if not split else norm_valid[norm_valid["Metadata_CellType"] == cell_type]
             eval_set = (np.nan_to_num(vpart[normalizer.features_].to_numpy(np.float32)), vpart["Metadata_Sirna"].to_numpy(np.int64))
-        clf = _classifier(config, n_estimators, early_stopping=eval_set is not None)
+        clf = _classifier(fit, n_estimators, early_stopping=eval_set is not None)
         classifiers[cell_type] = clf.fit(X, y, sirna_group=groups, eval_set=eval_set)
-    return TrainedModel(normalizer=normalizer, classifiers=classifiers, config=config, versions=versions(), sites=sites)
+    return TrainedModel(normalizer=normalizer, classifiers=classifiers, config=config or {}, versions=versions(), sites=sites)
 
 
 def effective_folds(requested: int, n_experiments: int) -> int:
@@ -215,13 +216,13 @@ def _scores_dict(scores) -> dict:
     return {k: {"top1": v.top1, "top5": v.top5, "n": v.n} for k, v in scores.items()}
 
 
-def cross_validate(wells: pd.DataFrame, config: dict, groups: pd.Series) -> dict:
-    folds = experiment_folds(wells, config["fit"]["folds"])
+def cross_validate(wells: pd.DataFrame, fit: FitSettings, groups: pd.Series) -> dict:
+    folds = experiment_folds(wells, fit.folds)
     results, best = [], []
     for i, val_exps in enumerate(folds, start=1):
         is_val = wells["Metadata_Experiment"].isin(val_exps)
         log.info("fold %d/%d: validating on %s", i, len(folds), ", ".join(val_exps))
-        model = fit_model(wells[~is_val], config, groups, valid=wells[is_val])
+        model = fit_model(wells[~is_val], fit, groups, valid=wells[is_val])
         val_wells, proba = model.predict_wells(wells[is_val])  # whole plates in: each is normalized by its controls
         labelled = (val_wells["Metadata_WellType"].eq("treatment") & val_wells["Metadata_Sirna"].notna()).to_numpy()
         proba, valid = proba[labelled], val_wells[labelled]
@@ -255,11 +256,14 @@ def format_report(summary: dict, chance: float) -> str:
 
 
 def run(args) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, rxrx1=True)  # fit learns RxRx1's siRNAs (its metadata gives the labels)
+    check_tables(config)
+    fit = fit_settings(config)
     if args.folds is not None:
-        config["fit"]["folds"] = args.folds
+        fit = replace(fit, folds=args.folds)
     if args.per_cell_type:
-        config["fit"]["per_cell_type"] = True
+        fit = replace(fit, per_cell_type=True)
+    config = {**config, "fit": {**config.get("fit", {}), "folds": fit.folds, "per_cell_type": fit.per_cell_type}}
     start = time.perf_counter()
     metadata = read_metadata(args.metadata)
     groups = sirna_groups(metadata)
@@ -270,21 +274,21 @@ def run(args) -> int:
     features = feature_columns(train)
     check_features(train, features)
     n_wells = len(train[list(WELL_KEYS)].drop_duplicates())
-    profiles = f"sites ({config['fit']['sites']})" if "Metadata_Site" in train.columns else "wells"
+    profiles = f"sites ({fit.sites})" if "Metadata_Site" in train.columns else "wells"
     log.info("%d training wells (%d rows; profiles: %s) from %d experiments, %d features", n_wells, len(train), profiles,
              train["Metadata_Experiment"].nunique(), len(features))  # fmt: skip
     report: dict = {"n_wells": n_wells, "profiles": profiles, "experiments": sorted(train["Metadata_Experiment"].unique()),
                     "n_features_in": len(features)}  # fmt: skip
     n_estimators = None
-    folds = effective_folds(int(config["fit"]["folds"]), train["Metadata_Experiment"].nunique())
+    folds = effective_folds(fit.folds, train["Metadata_Experiment"].nunique())
     report["folds"] = folds
     if folds:
-        cv = cross_validate(train, {**config, "fit": {**config["fit"], "folds": folds}}, groups)
+        cv = cross_validate(train, replace(fit, folds=folds), groups)
         report["cv"] = cv
         report["cv_summary"] = summarize(cv)
         n_estimators = max(10, int(np.median(cv["best_iterations"])))
     log.info("final model on all %d training experiments (%s rounds)", len(report["experiments"]), n_estimators or "config")
-    model = fit_model(train, config, groups, n_estimators=n_estimators)
+    model = fit_model(train, fit, groups, config=config, n_estimators=n_estimators)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (MODEL_FILE + ".part")

@@ -20,7 +20,7 @@ import numpy as np
 
 from cellfeat.images import composite, load_site, read_image, save_png
 from cellfeat.layout import SiteKey, plate_stem
-from cellfeat.segment.classical import NucleiParams, params_from_dict, segment_nuclei, segment_site
+from cellfeat.segment.classical import segment_nuclei, segment_site
 from cellfeat.segment.objects import Segmentation, draw_outlines, touches_border
 from pipelines.config import load_config, with_device
 from pipelines.inputs import open_input
@@ -99,8 +99,8 @@ def _run_image(args, config: dict) -> int:
     image = read_image(args.image)
     if image.ndim != 2:
         raise ValueError(f"{args.image} is not one grey plane")
-    default = config.get("segment", {}).get("classical", {}).get("nuclei", {})
-    nuclei_kw = vars(params_from_dict(NucleiParams, default, where="[segment.classical.nuclei]"))
+    settings = parse_settings({k: v for k, v in config.items() if k != "channels"}, ["image"])  # one grey plane
+    nuclei_kw = dict(vars(settings.segment.classical[""].nuclei))
     if args.diameter is not None:
         nuclei_kw["diameter"] = args.diameter
     if args.segmenter == "cellpose":
@@ -123,7 +123,7 @@ def _run_image(args, config: dict) -> int:
 
 
 def run(args) -> int:
-    config = with_device(load_config(args.config), args.device)
+    config = with_device(load_config(args.config, rxrx1=bool(args.data_root)), args.device)
     if args.image:
         return _run_image(args, config)
     sites = open_input(config=config, data_root=args.data_root, load_data=args.load_data, metadata=args.metadata,

@@ -13,20 +13,99 @@ file names, a LoadData CSV's ``FileName_{Channel}`` names. The config picks them
 
 from __future__ import annotations
 
+import inspect
+import types
+import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from cellfeat.embed import EmbedConfig
+from cellfeat.errors import ConfigError
 from cellfeat.layout import channel_name
-from cellfeat.segment.classical import CellParams, NucleiParams, params_from_dict
+from cellfeat.segment.classical import CellParams, NucleiParams
 
 SEGMENTERS = ("classical", "cellpose", "auto")
 DEVICE_STAGES = ("auto", "main", "workers")
 AGGREGATES = ("median", "mean")
+FIT_SITES = ("rows", "mean")
+# the tables a config may have, and the keys of those that hold plain keys (sub-tables are checked where parsed)
+TABLES = ("channels", "composite", "segment", "features", "extract", "embed", "fit")
+CHANNEL_KEYS = ("order", "use", "nuclei", "colors")
+# composite colours of channels a config gives none for, in order: RxRx1's six, then grey and orange
+DEFAULT_COLORS = ((19, 0, 249), (42, 255, 31), (255, 0, 25), (45, 255, 252), (250, 0, 253), (254, 255, 0),
+                  (160, 160, 160), (255, 128, 0))  # fmt: skip
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigError):
     """A config that cannot run on this input; the message names the table, the key and the fix."""
+
+
+def check_keys(table: Mapping, known: Sequence[str], where: str) -> None:
+    """``table`` has only ``known`` keys, else one error naming the unknown ones and the known ones."""
+    if not isinstance(table, Mapping):
+        raise SettingsError(f"{where} must be a table ([...] in TOML), got {table!r}")
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise SettingsError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+
+
+def _typed_value(value, hint, where: str, key: str):
+    """``value`` checked against the type ``hint`` (TOML arrays become tuples), else a
+    :class:`SettingsError` naming the key, what it got and what it takes."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            try:
+                return _typed_value(value, option, where, key)
+            except SettingsError:
+                continue
+        raise SettingsError(f"{where} {key} = {value!r}: expected {' or '.join(getattr(o, '__name__', str(o)) for o in options)}")
+    if hint is bool and not isinstance(value, bool):
+        raise SettingsError(f"{where} {key} = {value!r}: expected true or false")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise SettingsError(f"{where} {key} = {value!r}: expected a whole number")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{where} {key} = {value!r}: expected a number")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise SettingsError(f"{where} {key} = {value!r}: expected a string (in quotes)")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"{where} {key} = {value!r}: expected an array [...]")
+        inner = args[0] if args and (len(args) == 2 and args[1] is Ellipsis) else None
+        if args and inner is None and len(args) != len(value):
+            raise SettingsError(f"{where} {key} = {value!r}: expected an array of {len(args)} values")
+        hints = [inner] * len(value) if inner is not None else list(args) or [None] * len(value)
+        return tuple(v if h is None else _typed_value(v, h, where, key) for v, h in zip(value, hints))
+    return value
+
+
+def typed_table(table: Mapping, hints: Mapping[str, object], where: str) -> dict:
+    """The keys of ``table`` checked against ``hints`` (key -> type): unknown keys and values of
+    the wrong type are errors naming the table, the key and the fix; returns the converted values."""
+    check_keys(table, list(hints), where)
+    return {k: _typed_value(v, hints[k], where, k) for k, v in table.items()}
+
+
+def dataclass_hints(cls) -> dict[str, object]:
+    """key -> type of a dataclass's fields (the keys its config table takes)."""
+    resolved = typing.get_type_hints(cls)
+    return {f.name: resolved[f.name] for f in fields(cls) if not f.name.endswith("_")}
+
+
+def parameter_hints(function, *, skip: Sequence[str] = ()) -> dict[str, object]:
+    """key -> type of a function's keyword parameters (an estimator's constructor, a feature family)."""
+    resolved = typing.get_type_hints(function)
+    params = inspect.signature(function).parameters.values()
+    return {p.name: resolved.get(p.name, object) for p in params
+            if p.kind is p.KEYWORD_ONLY and p.name not in skip}  # fmt: skip
+
+
+def build(cls, table: Mapping, where: str):
+    """A dataclass from its config table; unset keys keep the class's defaults."""
+    return cls(**typed_table(table, dataclass_hints(cls), where))
 
 
 def _name(value: int | str) -> str:
@@ -98,16 +177,50 @@ class SegmentSettings:
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    families: tuple[str, ...] | None
-    options: Mapping[str, Mapping]
+    families: tuple[str, ...] | None  # None: every family of the registry
+    options: Mapping[str, Mapping]  # family -> keyword arguments of its function
 
 
 @dataclass(frozen=True)
 class ExtractSettings:
-    chunk_wells: int = 4
-    aggregate: tuple[str, ...] = ("median",)
-    embed: bool = True
+    """``[extract]``."""
+
+    chunk_wells: int = 4  # wells per unit of work: a unit is written (and skipped on a rerun) as a whole
+    aggregate: tuple[str, ...] = ("median",)  # per-well aggregation of per-cell columns: median and/or mean
+    embed: bool = True  # CNN embeddings of cell crops (configured in [embed])
+    # where Cellpose and the CNN run with --jobs above 1: "main" = batched in the main process, the CPU
+    # stages in the workers; "workers" = every worker runs every stage; "auto" = "main" when one of them
+    # is on a GPU (pipelines/extract_device.py)
     device_stages: str = "auto"
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """``[fit]``: the classifier's training (``cellfeat fit``). ``normalize`` holds the keyword
+    arguments of :class:`cellfeat.normalize.PlateNormalizer` (``[fit.normalize]``), ``model``
+    those of :class:`cellfeat.model.SirnaClassifier` (``[fit.model]``); their defaults are those
+    classes' own."""
+
+    folds: int = 3  # cross-validation folds, grouped by experiment, stratified by cell type
+    per_cell_type: bool = False  # one model per cell type
+    well_types: tuple[str, ...] = ("treatment",)  # rows the classifier learns from
+    # with site profiles (cellfeat fit --profiles OUT/sites): "rows" = sites as rows, each well's sites'
+    # probabilities averaged; "mean" = each well's site profiles averaged into one row. rows >= OUT/wells
+    # after assignment in all 4 bench_fit_synthetic runs (2 seeds x colsample 0.1/0.2): +2.0, +2.9, +4.9,
+    # +1.4 points; it costs ~1.4x a boosting round
+    sites: str = "rows"
+    normalize: Mapping[str, object] = field(default_factory=dict)
+    model: Mapping[str, object] = field(default_factory=dict)
+
+    def normalizer(self):
+        from cellfeat.normalize import PlateNormalizer
+
+        return PlateNormalizer(**self.normalize)
+
+    def classifier(self, **over):
+        from cellfeat.model import SirnaClassifier
+
+        return SirnaClassifier(**{**self.model, **over})
 
 
 @dataclass(frozen=True)
@@ -119,6 +232,7 @@ class Settings:
     features: FeatureSettings
     embed: EmbedConfig
     extract: ExtractSettings
+    fit: FitSettings
     config: dict  # the raw config, for provenance only
 
 
@@ -139,15 +253,23 @@ def channel_selection(config: dict, available: Sequence[str]) -> tuple[str, ...]
 
 def _channels(config: dict, names: tuple[str, ...]) -> ChannelSettings:
     table = config.get("channels", {})
+    check_keys(table, CHANNEL_KEYS, "[channels]")
     nuclei = _name(table.get("nuclei", names[0]))
     if nuclei not in names:
         raise SettingsError(f"[channels] nuclei = {table.get('nuclei')!r} ({nuclei}) is not a channel of this input "
                             f"{list(names)}; set [channels] nuclei to the channel that holds the nuclear stain")  # fmt: skip
-    colors = [tuple(int(v) for v in c) for c in table.get("colors", [])]
-    if len(colors) < len(names):
-        raise SettingsError(f"[channels] colors has {len(colors)} colours for {len(names)} channels {list(names)}; "
-                            "give one [r, g, b] per channel, in the order of the channels")  # fmt: skip
-    percentiles = tuple(float(p) for p in config.get("composite", {}).get("percentiles", (0.5, 99.8)))
+    if "colors" in table:
+        colors = [_typed_value(c, tuple[int, int, int], "[channels]", "colors") for c in table["colors"]]
+        if len(colors) < len(names):
+            raise SettingsError(f"[channels] colors has {len(colors)} colours for {len(names)} channels {list(names)}; "
+                                "give one [r, g, b] per channel, in the order of the channels")  # fmt: skip
+    elif len(names) <= len(DEFAULT_COLORS):
+        colors = list(DEFAULT_COLORS)
+    else:
+        raise SettingsError(f"{len(names)} channels {list(names)} and no [channels] colors: the default palette has "
+                            f"{len(DEFAULT_COLORS)} colours; give one [r, g, b] per channel in [channels] colors")  # fmt: skip
+    composite = typed_table(config.get("composite", {}), {"percentiles": tuple[float, float]}, "[composite]")
+    percentiles = composite.get("percentiles", ChannelSettings.percentiles)
     return ChannelSettings(names=names, nuclei=nuclei, colors=tuple(colors[: len(names)]), percentiles=percentiles)
 
 
@@ -157,55 +279,54 @@ def _indices(channels: ChannelSettings, values: Sequence, what: str) -> tuple[in
     return tuple(channels.index(_name(v), what) for v in values)
 
 
+def _default_cell_channels(channels: ChannelSettings) -> list[str]:
+    """Without ``[segment.classical] cell_channels``: every channel but the nuclear stain (the
+    nuclear one alone where the input has one channel)."""
+    return [n for n in channels.names if n != channels.nuclei] or [channels.nuclei]
+
+
 def _segment(config: dict, channels: ChannelSettings) -> SegmentSettings:
     table = config.get("segment", {})
-    segmenter = str(table.get("segmenter", "auto"))
+    check_keys(table, ("segmenter", "drop_border", "classical", "cellpose"), "[segment]")
+    plain = typed_table({k: v for k, v in table.items() if k in ("segmenter", "drop_border")},
+                        {"segmenter": str, "drop_border": bool}, "[segment]")  # fmt: skip
+    segmenter = plain.get("segmenter", "auto")
     if segmenter not in SEGMENTERS:
         raise SettingsError(f"[segment] segmenter = {segmenter!r}; expected one of {SEGMENTERS}")
     classical_table = table.get("classical", {})
-    default_cells = classical_table.get("cell_channels", [])
+    check_keys(classical_table, list(classical_table), "[segment.classical]")  # a table
+    default_cells = classical_table.get("cell_channels", _default_cell_channels(channels))
     cell_channels = _indices(channels, default_cells, "[segment.classical] cell_channels")
-    plain = {k: v for k, v in classical_table.items() if not isinstance(v, dict) or k in ("nuclei", "cells")}
+    shared = {k: v for k, v in classical_table.items() if not isinstance(v, dict) or k in ("nuclei", "cells")}
+    check_keys(shared, ("cell_channels", "nuclei", "cells"), "[segment.classical]")
     per_type = {k: v for k, v in classical_table.items() if isinstance(v, dict) and k not in ("nuclei", "cells")}
+    nuclei_hints = dataclass_hints(NucleiParams)
+    cell_hints = {k: v for k, v in dataclass_hints(CellParams).items() if k != "channels"}
     classical = {}
     for cell_type, over in [("", {}), *per_type.items()]:
         where = f"[segment.classical{'.' + cell_type if cell_type else ''}]"
-        unknown = sorted(set(over) - {"nuclei", "cells", "cell_channels"})
-        if unknown:
-            raise SettingsError(f"{where}: unknown key(s) {unknown}; a cell type's table holds nuclei, cells, cell_channels")
-        nuclei = {**plain.get("nuclei", {}), **over.get("nuclei", {})}
-        cells = {**plain.get("cells", {}), **over.get("cells", {})}
+        check_keys(over, ("nuclei", "cells", "cell_channels"), where)
+        nuclei = typed_table({**shared.get("nuclei", {}), **over.get("nuclei", {})}, nuclei_hints, f"{where} nuclei")
+        cells = typed_table({**shared.get("cells", {}), **over.get("cells", {})}, cell_hints, f"{where} cells")
         cells["channels"] = _indices(channels, over.get("cell_channels", default_cells), f"{where} cell_channels")
-        try:
-            classical[cell_type] = ClassicalSettings(params_from_dict(NucleiParams, nuclei, where=f"{where} nuclei"),
-                                                     params_from_dict(CellParams, cells, where=f"{where} cells"))  # fmt: skip
-        except (TypeError, ValueError) as exc:
-            raise SettingsError(str(exc)) from exc
+        classical[cell_type] = ClassicalSettings(NucleiParams(**nuclei), CellParams(**cells))
     cp = dict(table.get("cellpose", {}))
-    known = {"nuclei_model", "cell_model", "models_dir", "device", "batch_size", "batch_sites", "flow_threshold",
-             "cellprob_threshold", "diameters"}  # fmt: skip
-    unknown = sorted(set(cp) - known)
-    if unknown:
-        raise SettingsError(f"[segment.cellpose]: unknown key(s) {unknown}; known keys are {sorted(known)}")
-    diameters = {str(k): (float(v[0]), float(v[1])) for k, v in cp.pop("diameters", {}).items()}
+    diameters = cp.pop("diameters", {})
+    cp = typed_table(cp, {k: v for k, v in dataclass_hints(CellposeSettings).items() if k != "diameters"}, "[segment.cellpose]")
+    check_keys(diameters, list(diameters), "[segment.cellpose] diameters")
+    diameters = {str(k): _typed_value(v, tuple[float, float], "[segment.cellpose] diameters", k) for k, v in diameters.items()}
     for key in ("nuclei_model", "cell_model", "models_dir"):
         cp[key] = cp.get(key) or None  # "" means the default
     cellpose = CellposeSettings(**{**cp, "diameters": diameters})
     if cellpose.batch_sites < 1 or cellpose.batch_size < 1:
         raise SettingsError("[segment.cellpose] batch_sites and batch_size must be at least 1")
-    return SegmentSettings(segmenter=segmenter, drop_border=bool(table.get("drop_border", False)),
+    return SegmentSettings(segmenter=segmenter, drop_border=plain.get("drop_border", False),
                            nuclei_channel=channels.index(channels.nuclei, "[channels] nuclei"), cell_channels=cell_channels,
                            classical=classical, cellpose=cellpose)  # fmt: skip
 
 
 def _extract(config: dict) -> ExtractSettings:
-    table = dict(config.get("extract", {}))
-    known = {"chunk_wells", "aggregate", "embed", "device_stages"}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise SettingsError(f"[extract]: unknown key(s) {unknown}; known keys are {sorted(known)}")
-    out = ExtractSettings(chunk_wells=int(table.get("chunk_wells", 4)), aggregate=tuple(table.get("aggregate", ["median"])),
-                          embed=bool(table.get("embed", True)), device_stages=str(table.get("device_stages", "auto")))  # fmt: skip
+    out = build(ExtractSettings, config.get("extract", {}), "[extract]")
     if out.chunk_wells < 1:
         raise SettingsError(f"[extract] chunk_wells must be at least 1, got {out.chunk_wells}")
     bad = [a for a in out.aggregate if a not in AGGREGATES]
@@ -219,7 +340,7 @@ def _extract(config: dict) -> ExtractSettings:
 def _features(config: dict) -> FeatureSettings:
     from cellfeat.features.registry import FAMILIES
 
-    table = config.get("features", {})
+    table = typed_table(config.get("features", {}), {"families": tuple[str, ...], "options": dict}, "[features]")
     families = table.get("families")
     if families is not None:
         unknown = [f for f in families if f not in FAMILIES]
@@ -229,11 +350,38 @@ def _features(config: dict) -> FeatureSettings:
     unknown = sorted(set(options) - set(FAMILIES))
     if unknown:
         raise SettingsError(f"[features.options]: unknown families {unknown}; known: {sorted(FAMILIES)}")
-    return FeatureSettings(families=None if families is None else tuple(families), options=options)
+    for name, kwargs in options.items():
+        options[name] = typed_table(kwargs, parameter_hints(FAMILIES[name].load()), f"[features.options] {name}")
+    return FeatureSettings(families=families, options=options)
+
+
+def fit_settings(config: dict) -> FitSettings:
+    """``[fit]``, ``[fit.normalize]`` and ``[fit.model]`` checked: unknown keys and bad types are
+    errors naming the key (before any table is read)."""
+    from cellfeat.model import SirnaClassifier
+    from cellfeat.normalize import PlateNormalizer
+
+    table = dict(config.get("fit", {}))
+    normalize, model = table.pop("normalize", {}), table.pop("model", {})
+    hints = {k: v for k, v in dataclass_hints(FitSettings).items() if k not in ("normalize", "model")}
+    out = FitSettings(**typed_table(table, hints, "[fit]"),
+                      normalize=typed_table(normalize, dataclass_hints(PlateNormalizer), "[fit.normalize]"),
+                      model=typed_table(model, parameter_hints(SirnaClassifier.__init__, skip=("log_sink",)), "[fit.model]"))  # fmt: skip
+    if out.sites not in FIT_SITES:
+        raise SettingsError(f"[fit] sites must be one of {FIT_SITES}, got {out.sites!r}")
+    if out.folds < 0:
+        raise SettingsError(f"[fit] folds must be 0 (no cross-validation) or more, got {out.folds}")
+    return out
+
+
+def check_tables(config: dict) -> None:
+    """The config's top level holds only the tables cellfeat reads."""
+    check_keys(config, TABLES, "the config")
 
 
 def parse_settings(config: dict, available: Sequence[str]) -> Settings:
     """``config`` checked against an input offering channels ``available`` (in its order)."""
+    check_tables(config)
     names = channel_selection(config, available)
     if not names:
         raise SettingsError("the input offers no channel")
@@ -243,7 +391,7 @@ def parse_settings(config: dict, available: Sequence[str]) -> Settings:
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
     return Settings(channels=channels, segment=_segment(config, channels), features=_features(config), embed=embed,
-                    extract=_extract(config), config=config)  # fmt: skip
+                    extract=_extract(config), fit=fit_settings(config), config=config)  # fmt: skip
 
 
 def rxrx1_channel_numbers(config: dict) -> list[int]:

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def run(args) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, rxrx1=bool(args.data_root))
     sites = open_input(config=config, data_root=args.data_root, load_data=args.load_data, metadata=args.metadata,
                        experiment=args.experiment, plates=[args.plate], need_metadata=False)  # fmt: skip
     record = sites.select(well=args.well, site=args.site).sites[0]

@@ -73,6 +73,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from cellfeat.layout import SiteKey, cell_type_of, discover_sites, read_metadata, site_files  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
+from pipelines.settings import rxrx1_channel_numbers, rxrx1_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "rxrx1"
@@ -555,10 +556,11 @@ def main(argv: list[str] | None = None) -> None:
     args = get_arg_parser().parse_args(argv)
     cell_types = [c.strip().upper() for c in args.cell_types.split(",") if c.strip()]
     scale_ct = args.scale_cell_type.upper()
-    config = load_config(args.config)
-    channels = list(config["channels"]["order"])
-    embed = bool(config.get("extract", {}).get("embed", True)) and not args.no_embed
-    chunk_wells = int(config.get("extract", {}).get("chunk_wells", 4))
+    config = load_config(args.config, rxrx1=True)
+    settings = rxrx1_settings(config)
+    channels = rxrx1_channel_numbers(config)
+    embed = settings.extract.embed and not args.no_embed
+    chunk_wells = settings.extract.chunk_wells
     if args.stage_sites is None:
         args.stage_sites = 2 * chunk_wells
     if args.merge_parts is None:

@@ -56,6 +56,7 @@ from cellfeat.normalize import PlateNormalizer, feature_columns, normalize_plate
 from cellfeat.synth import CELL_TYPES
 from pipelines.cli import main as cli
 from pipelines.config import load_config
+from pipelines.settings import fit_settings
 from pipelines.fit import SITE_MODES, as_profiles, attach_labels, read_well_tables
 
 log = logging.getLogger("bench_fit_synthetic")
@@ -170,7 +171,7 @@ def features_of(normalizer: PlateNormalizer, table: pd.DataFrame, how: str) -> n
 def fit_predict(variant: Variant, config: dict, X, y, Xv, yv, groups: pd.Series, lr_c: float) -> np.ndarray:
     """(n_val, 1108) probabilities of one variant's model fitted on (X, y)."""
     if variant.model == "lightgbm":
-        params = {**config["fit"]["model"], "log_period": 0}
+        params = {**fit_settings(config).model, "log_period": 0}
         if not variant.peek:
             params["early_stopping_rounds"] = None
         clf = SirnaClassifier(**params)
@@ -193,8 +194,8 @@ def run_variants(
     Site rows are predicted one by one and each well's sites' probabilities averaged.
     Returns {variant: (probabilities, one row per held-out treatment well)}.
     """
-    norm_params = {k: tuple(v) if isinstance(v, list) else v for k, v in config["fit"]["normalize"].items()}
-    learn_types = config["fit"]["well_types"]
+    fit = fit_settings(config)
+    norm_params, learn_types = fit.normalize, fit.well_types
     out: dict[Variant, list] = {v: [] for v in variants}
     for i, val_exps in enumerate(folds, start=1):
         is_val = table["Metadata_Experiment"].isin(val_exps).to_numpy()
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     config_file = Path(args.config) if args.config else out / "bench.toml"
     if not args.config:
         config_file.write_text(BENCH_CONFIG)
-    config = load_config(config_file)
+    config = load_config(config_file, rxrx1=True)
     timing = {}
 
     if args.data:
@@ -393,12 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n_wells} held-out treatment wells, {n_sirnas} siRNAs (chance top-1 {1 / n_sirnas:.3f}), "
           f"{wells['Metadata_Experiment'].nunique()} experiments, {n_sites or '?'} sites a well; "
           f"features in {len(feature_columns(wells))}")  # fmt: skip
-    print("configured normalization:", config["fit"]["normalize"]["method"], "| profiles: wells = extract's median over "
+    print("configured normalization:", fit_settings(config).normalizer().method, "| profiles: wells = extract's median over "
           "both sites' cells, site_mean = mean of per-site medians, site_rows = sites as rows, probabilities averaged")  # fmt: skip
     print("model* = LightGBM early-stopped on the held-out fold (cellfeat fit's CV); others: no early stopping")
     print("masked / assign: top-1 after group masking / per-plate assignment (cellfeat.assign.assign_wells); plates ok, "
           "exps ok: inferred plate groups that are right; <5 nats: experiments cellfeat submit warns about")  # fmt: skip
-    print(format_table(rows, cell_types, config["fit"]["normalize"]["method"]))
+    print(format_table(rows, cell_types, fit_settings(config).normalizer().method))
     print("\npaired top-1 differences over the same wells (mean +- standard error):")
     for name, (d, se) in differences.items():
         print(f"  {name:55s} {d:+.3f} +- {se:.3f}")
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_sirnas": int(n_sirnas),
             "sites_per_well": n_sites,
             "n_features_in": len(feature_columns(wells)),
-            "config": {"normalize": config["fit"]["normalize"], "model": config["fit"]["model"], "features": config["features"]},
+            "config": {"normalize": dict(fit_settings(config).normalize), "model": dict(fit_settings(config).model), "features": config.get("features", {})},
             "rows": rows,
             "paired_top1_differences": {k: {"mean": d, "se": se} for k, (d, se) in differences.items()},
             "timing": timing,

@@ -51,7 +51,7 @@ def bench_dsb(out: Path) -> None:
 
 def bench_rxrx1(out: Path, repeats: int) -> list[np.ndarray]:
     root = SHARED / "rxrx1" / "images"
-    config = load_config()
+    config = load_config(rxrx1=True)
     table = discover_sites(root)
     sites, times, cpu_times = [], [], []
     segment_site(np.zeros((6, 64, 64), np.float32))  # load the compiled numba kernel once

@@ -356,7 +356,7 @@ def test_config_errors_and_the_shipped_table():
         E.build_backbone("resnet")
     from pipelines.config import load_config
 
-    config = E.EmbedConfig.from_table(load_config()["embed"])
+    config = E.EmbedConfig.from_table(load_config(rxrx1=True).get("embed", {}))
     assert config.backbone == E.DEFAULT_BACKBONE and config.channels is E.ChannelMode.COMPOSITE
 
 

@@ -216,7 +216,7 @@ def test_where_the_device_stages_run(dataset):
     from pipelines.extract_unit import Context
     from pipelines.settings import rxrx1_settings
 
-    ctx = Context(settings=rxrx1_settings(load_config()), segmenter="classical", embed=True, skip_bad=False, provenance={})
+    ctx = Context(settings=rxrx1_settings(load_config(rxrx1=True)), segmenter="classical", embed=True, skip_bad=False, provenance={})
     import torch
 
     assert use_main_process("auto", ctx, jobs=2, dask=None) == torch.cuda.is_available()
@@ -241,10 +241,11 @@ def test_device_option_without_a_gpu_fails_before_any_work(dataset, tmp_path, ca
 def test_device_option_sets_every_gpu_stage():
     from pipelines.config import load_config, with_device
 
-    config = with_device(load_config(), "cuda:1")
+    base = load_config(rxrx1=True)
+    config = with_device(base, "cuda:1")
     assert config["embed"]["device"] == "cuda:1" and config["segment"]["cellpose"]["device"] == "cuda:1"
-    assert config["embed"]["crop_size"] == load_config()["embed"]["crop_size"]  # the rest kept
-    assert with_device(load_config(), None) == load_config()
+    assert config["segment"]["cellpose"]["diameters"] == base["segment"]["cellpose"]["diameters"]  # the rest kept
+    assert with_device(base, None) == base
 
 
 @pytest.mark.parametrize("bits", [8, 16])

@@ -137,8 +137,52 @@ def test_segment_show_and_report_read_the_same_input(both_layouts, tmp_path):
 
 def test_a_config_naming_a_channel_the_csv_lacks_is_a_clear_error(both_layouts, tmp_path, caplog):
     csv = both_layouts / "ld" / "load_data.csv"
-    assert main(["extract", "--load-data", str(csv), "--out", str(tmp_path / "o"), "--no-embed"]) == 2  # RxRx1's default config
+    (tmp_path / "hoechst.toml").write_text('[channels]\nnuclei = "Hoechst"\n')
+    argv = ["extract", "--load-data", str(csv), "--config", str(tmp_path / "hoechst.toml"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
     assert "[channels] nuclei" in caplog.text and "'DNA', 'ER', 'RNA', 'AGP', 'Mito'" in caplog.text
+
+
+def test_a_loaddata_set_gets_generic_defaults_not_rxrx1s(both_layouts, tmp_path):
+    """No RxRx1 value reaches a LoadData set: no per-cell-type segmentation tables, no RxRx1 channel
+    numbers; nuclei in the first channel, cells grown over every other one. RxRx1's input still gets them."""
+    from pipelines.config import load_config
+    from pipelines.settings import parse_settings, rxrx1_settings
+    from pipelines.tables import read_provenance
+
+    channels = read_loaddata(both_layouts / "ld" / "load_data.csv").channels
+    generic = parse_settings(load_config(), channels)
+    assert set(generic.segment.classical) == {""}  # no HEPG2 table
+    assert generic.segment.cellpose.diameters == {}
+    assert generic.channels.nuclei == "DNA" and generic.segment.cell_channels == (1, 2, 3, 4)
+    rxrx1 = rxrx1_settings(load_config(rxrx1=True))
+    assert "HEPG2" in rxrx1.segment.classical and rxrx1.segment.cell_channels == (1, 2, 5)
+    assert rxrx1.segment.classical["HEPG2"].nuclei.diameter == 15.0 and rxrx1.segment.classical[""].nuclei.diameter == 24.0
+
+    csv = both_layouts / "ld" / "load_data.csv"
+    out = tmp_path / "o"
+    assert main(["extract", "--load-data", str(csv), "--out", str(out), "--no-embed", "--segmenter", "classical"]) == 0
+    provenance = read_provenance(out / "wells" / "U2OS-01.parquet")
+    assert "order" not in provenance["config"].get("channels", {})
+    assert "HEPG2" not in provenance["config"].get("segment", {}).get("classical", {})
+
+
+def test_segmenter_defaults_are_stated_once():
+    """The classical segmenter's defaults live in NucleiParams/CellParams; the functions refer to them."""
+    import inspect
+    from dataclasses import fields
+
+    from cellfeat.segment.classical import CellParams, NucleiParams, segment_cells, segment_nuclei
+
+    for cls, function in ((NucleiParams, segment_nuclei), (CellParams, segment_cells)):
+        parameters = inspect.signature(function).parameters
+        for f in fields(cls):
+            if f.name in parameters:
+                assert parameters[f.name].default == f.default, (cls.__name__, f.name)
+    import tomllib
+
+    rxrx1 = tomllib.loads((REPO / "configs" / "rxrx1.toml").read_text())
+    assert not {"nuclei", "cells"} & set(rxrx1["segment"]["classical"])  # only what differs: HepG2's table
 
 
 def _seven_channels(both_layouts: Path, folder: Path) -> tuple[Path, Path]:

@@ -102,7 +102,7 @@ def test_relabel_and_intensity_scale_invariance():
 
 def test_real_site_contract(real_sites):
     key, paths = next((k, p) for k, p in real_sites if k.experiment == "U2OS-01")
-    config = load_config()
+    config = load_config(rxrx1=True)
     seg = segment_site(load_site(paths), **rxrx1_settings(config).segment.classical_for("U2OS")).validate()
     assert 80 < seg.count < 300  # ~160 nuclei by eye
     assert seg.border.any()
@@ -220,7 +220,7 @@ def test_cli_unknown_experiment_is_a_clear_error(rxrx1_images_root, tmp_path, ca
 def test_auto_picks_classical_without_weights_and_logs_it(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))  # an empty weight folder
     caplog.set_level(logging.INFO)
-    assert segment_pipeline.choose_segmenter("auto", rxrx1_settings(load_config())) == "classical"
+    assert segment_pipeline.choose_segmenter("auto", rxrx1_settings(load_config(rxrx1=True))) == "classical"
     assert "auto -> classical" in caplog.text
 
 
@@ -291,5 +291,5 @@ def test_auto_picks_cellpose_when_weights_exist(random_cellpose_weights, tmp_pat
     (tmp_path / "nucleitorch_0").write_bytes(random_cellpose_weights["nuclei"].read_bytes())
     (tmp_path / "cyto3").write_bytes(random_cellpose_weights["cyto"].read_bytes())
     caplog.set_level(logging.INFO)
-    assert segment_pipeline.choose_segmenter("auto", rxrx1_settings(load_config())) == "cellpose"
+    assert segment_pipeline.choose_segmenter("auto", rxrx1_settings(load_config(rxrx1=True))) == "cellpose"
     assert "auto -> cellpose" in caplog.text

@@ -40,7 +40,7 @@ up to rounding); lengths are in pixels and scale with the expected nucleus ``dia
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -54,7 +54,11 @@ THRESHOLD_METHODS = ("li", "otsu")
 
 @dataclass(frozen=True)
 class NucleiParams:
-    """Keyword parameters of :func:`segment_nuclei` (configs: ``[segment.classical.nuclei]``)."""
+    """Keyword parameters of :func:`segment_nuclei` (configs: ``[segment.classical.nuclei]``).
+
+    The defaults are stated here only: the functions' signatures refer to these fields, and a
+    config sets just what differs (configs/rxrx1.toml: HepG2's smaller, denser nuclei).
+    """
 
     diameter: float = 24.0
     smoothing: float = 1.0
@@ -84,16 +88,6 @@ class CellParams:
     threshold_scale: float = 1.0
     max_distance: float = 40.0
     compactness: float = 0.0
-
-
-def params_from_dict(cls, table: dict, *, where: str):
-    """Build ``cls`` from a config table, naming unknown keys and the known ones."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
-    return cls(**values)
 
 
 # --------------------------------------------------------------------------- input checks
@@ -145,18 +139,18 @@ def _log(image: np.ndarray) -> tuple[np.ndarray, float]:
 def segment_nuclei(
     image: np.ndarray,
     *,
-    diameter: float = 24.0,
-    smoothing: float = 1.0,
-    threshold_method: str = "li",
-    threshold_scale: float = 0.8,
-    seed_scale: float = 0.3,
-    seed_distance: float = 0.4,
-    split_depth: float = 1.5,
-    min_area_fraction: float = 0.1,
-    min_snr: float = 3.0,
-    edge_fraction: float = 0.25,
-    local_scale: float = 0.0,
-    edge_cap: float = 3.0,
+    diameter: float = NucleiParams.diameter,
+    smoothing: float = NucleiParams.smoothing,
+    threshold_method: str = NucleiParams.threshold_method,
+    threshold_scale: float = NucleiParams.threshold_scale,
+    seed_scale: float = NucleiParams.seed_scale,
+    seed_distance: float = NucleiParams.seed_distance,
+    split_depth: float = NucleiParams.split_depth,
+    min_area_fraction: float = NucleiParams.min_area_fraction,
+    min_snr: float = NucleiParams.min_snr,
+    edge_fraction: float = NucleiParams.edge_fraction,
+    local_scale: float = NucleiParams.local_scale,
+    edge_cap: float = NucleiParams.edge_cap,
 ) -> np.ndarray:
     """Label the nuclei of one nuclear-stain plane: int32, 0 = background, 1..N.
 
@@ -380,11 +374,11 @@ def segment_cells(
     signal: np.ndarray,
     nuclei: np.ndarray,
     *,
-    smoothing: float = 2.0,
-    threshold_method: str = "otsu",
-    threshold_scale: float = 1.0,
-    max_distance: float = 40.0,
-    compactness: float = 0.0,
+    smoothing: float = CellParams.smoothing,
+    threshold_method: str = CellParams.threshold_method,
+    threshold_scale: float = CellParams.threshold_scale,
+    max_distance: float = CellParams.max_distance,
+    compactness: float = CellParams.compactness,
 ) -> np.ndarray:
     """Grow cells from ``nuclei`` over a cytoplasm ``signal``; cell ``k`` contains nucleus ``k``.
 
