@@ -46,13 +46,14 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment, minimize_scalar
 from scipy.special import logsumexp
 
+from cellfeat.errors import DataError
 from cellfeat.layout import N_TREATMENTS
 
 TINY = 1e-30  # probabilities are clipped here before taking logs
 NO_GROUP = -1  # group index of an siRNA that no training plate holds
 
 
-class AssignmentError(ValueError):
+class AssignmentError(DataError):
     """Predictions or a plate structure that the assignment cannot work with."""
 
 

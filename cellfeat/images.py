@@ -14,6 +14,8 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from cellfeat.errors import InputError
+
 # RxRx1's own colours for w1..w6 (rxrx1-utils, rxrx/io.py RGB_MAP): Hoechst blue, ConA green,
 # phalloidin red, SYTO14 cyan, MitoTracker magenta, WGA yellow.
 RXRX1_COLORS = (
@@ -26,7 +28,7 @@ RXRX1_COLORS = (
 )
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """A site's files are missing, unreadable or inconsistent."""
 
 

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cellfeat.errors import DataError
+
 PLATE_KEYS = ("Metadata_Experiment", "Metadata_Plate")
 METHODS = ("mad_robustize", "standardize")
 MAD_TO_SD = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
 
-class NormalizationError(ValueError):
+class NormalizationError(DataError):
     """Well tables that cannot be normalized as asked (no controls on a plate, missing columns)."""
 
 

@@ -1,7 +1,8 @@
 """The ``cellfeat`` command: argument parsing only; each subcommand's work lives in its pipeline.
 
 Pipelines are imported when their subcommand runs, so ``cellfeat --help`` stays fast
-(no torch, no numba compilation).
+(no torch, no numba compilation). A user's mistake (:class:`cellfeat.errors.CellfeatError`) is
+one log line and exit status 2; any other exception is a bug: its traceback, exit status 1.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from cellfeat.errors import CellfeatError
 
 # subcommand -> (pipeline module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -178,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
-    except (ValueError, OSError, KeyError) as exc:  # our errors say what and how to fix; OSErrors name their file
+    except CellfeatError as exc:  # a user's mistake: the message names what was wrong and the fix
         logging.getLogger("cellfeat").error("%s", exc)
         return 2
+    except Exception:  # a bug or the machine's fault: keep the traceback
+        logging.getLogger("cellfeat").exception("cellfeat %s failed with an unexpected error (a bug: please report it "
+                                                "with this traceback)", args.command)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cellfeat.errors import CellfeatError
 from pipelines.cli import main as cli
 from pipelines.config import CONFIG_DIR
 
@@ -42,7 +43,7 @@ def _call(argv: list[str]) -> None:
     log.info("$ cellfeat %s", " ".join(argv))
     code = cli(argv)
     if code != 0:
-        raise RuntimeError(f"`cellfeat {' '.join(argv)}` failed (exit {code}); see the log above")
+        raise CellfeatError(f"`cellfeat {' '.join(argv)}` failed (exit {code}); see the log above")
 
 
 def accuracy(submission: Path, truth: pd.DataFrame) -> float:

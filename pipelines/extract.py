@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellfeat.errors import CellfeatError
 from cellfeat.images import ImageError, load_site
 from cellfeat.layout import WELL_KEYS, SiteRecord, SiteSet, plate_stem
 from pipelines.config import load_config, with_device
@@ -61,7 +62,7 @@ FAILURE_COLUMNS = ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Me
 STATS_SITES = 8  # sites a plate's crop normalization statistics are pooled over
 
 
-class ExtractError(ValueError):
+class ExtractError(CellfeatError):
     """Bad input or failed units; the message lists what is wrong."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cellfeat.aggregate import WELL_KEYS, mean_over_sites
+from cellfeat.errors import DataError, FileMissingError
 from cellfeat.layout import N_TREATMENTS, read_metadata, sirna_groups
 from cellfeat.model import SirnaClassifier, experiment_folds, full_proba, score_by
 from cellfeat.normalize import PlateNormalizer, feature_columns
@@ -36,7 +37,7 @@ MODEL_FILE = "model.joblib"
 SITE_MODES = ("mean", "rows")  # [fit] sites: how a table of site profiles is used
 
 
-class FitError(ValueError):
+class FitError(DataError):
     """Input that would give a wrong model: said plainly instead."""
 
 
@@ -46,7 +47,7 @@ def read_well_tables(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files or not all(f.is_file() for f in files):
-        raise FileNotFoundError(f"no profile tables at {path}: expected OUT/wells/*.parquet or OUT/sites/*.parquet "
+        raise FileMissingError(f"no profile tables at {path}: expected OUT/wells/*.parquet or OUT/sites/*.parquet "
                                 "written by cellfeat extract")  # fmt: skip
     tables = [pd.read_parquet(f) for f in files]
     for f, t in zip(files, tables):

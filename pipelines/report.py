@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from cellfeat import qc
+from cellfeat.errors import CellfeatError
 from cellfeat.layout import SiteKey, SiteSet, plate_stem, read_metadata
 from cellfeat.normalize import NormalizationError, PlateNormalizer, feature_columns
 from pipelines.tables import read_provenance
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 EXPERIMENTS_PER_FIGURE = 8  # sample sites and control panels: one figure per this many experiments
 
 
-class ReportError(ValueError):
+class ReportError(CellfeatError):
     """Inputs the report cannot be made from; the message names the file and the fix."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellfeat.errors import ConfigError, InputError
 from cellfeat.images import composite, load_site, read_image, save_png
 from cellfeat.layout import SiteKey, plate_stem
 from cellfeat.segment.classical import segment_nuclei, segment_site
@@ -38,7 +39,7 @@ NUCLEUS_COLOR = (0, 255, 255)
 def choose_segmenter(requested: str, settings: Settings) -> str:
     """``classical`` or ``cellpose``; ``auto`` is Cellpose only where its weights are on disk."""
     if requested not in SEGMENTERS:
-        raise ValueError(f"unknown segmenter {requested!r}; expected one of {SEGMENTERS}")
+        raise ConfigError(f"unknown segmenter {requested!r}; expected one of {SEGMENTERS}")
     if requested != "auto":
         return requested
     from cellfeat.segment.cellpose import DEFAULT_MODELS, cellpose_major, default_models_dir, weights_available
@@ -68,7 +69,7 @@ def build_cellpose(settings: Settings):
                                  cell_channels=segment.cell_channels, flow_threshold=cp.flow_threshold,
                                  cellprob_threshold=cp.cellprob_threshold)  # fmt: skip
     except ImportError as exc:  # its message names the install step: report it like other errors
-        raise ValueError(str(exc)) from exc
+        raise ConfigError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- output
@@ -98,13 +99,13 @@ def overlay(site: np.ndarray, seg: Segmentation, channels: ChannelSettings) -> n
 def _run_image(args, config: dict) -> int:
     image = read_image(args.image)
     if image.ndim != 2:
-        raise ValueError(f"{args.image} is not one grey plane")
+        raise InputError(f"{args.image} is not one grey plane")
     settings = parse_settings({k: v for k, v in config.items() if k != "channels"}, ["image"])  # one grey plane
     nuclei_kw = dict(vars(settings.segment.classical[""].nuclei))
     if args.diameter is not None:
         nuclei_kw["diameter"] = args.diameter
     if args.segmenter == "cellpose":
-        raise ValueError("--image segments nuclei with the classical segmenter only; use --segmenter classical")
+        raise ConfigError("--image segments nuclei with the classical segmenter only; use --segmenter classical")
     start = time.perf_counter()
     nuclei = segment_nuclei(image, **nuclei_kw)
     out = Path(args.out)

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from cellfeat.assign import assign_wells, check_probabilities, group_index
+from cellfeat.errors import DataError, FileMissingError
 from cellfeat.layout import N_TREATMENTS, read_metadata, sirna_groups
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ ID_COLUMN = "id_code"
 PROB_COLUMNS = [f"sirna_{i}" for i in range(N_TREATMENTS)]
 
 
-class SubmissionError(ValueError):
+class SubmissionError(DataError):
     """Input that cannot become a valid submission, or a written file that is not one."""
 
 
@@ -65,7 +66,7 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     """The predictions table at ``path`` (Parquet, or CSV by suffix), columns checked."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no predictions table at {path}; pass the Parquet file written by the model stage")
+        raise FileMissingError(f"no predictions table at {path}; pass the Parquet file written by the model stage")
     table = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
     if table.index.name == ID_COLUMN:  # written with the ids as the index
         table = table.reset_index()

@@ -12,6 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cellfeat.errors import InputError
+
 PROVENANCE_KEY = b"cellfeat"
 
 
@@ -56,7 +58,7 @@ def read_provenance(path: str | Path) -> dict:
     """The config, versions and segmenter stored in a file's metadata by :func:`write_parquet`."""
     metadata = pq.read_schema(path).metadata or {}
     if PROVENANCE_KEY not in metadata:
-        raise ValueError(f"{path} carries no cellfeat provenance")
+        raise InputError(f"{path} carries no cellfeat provenance: it was not written by cellfeat extract; give the OUT folder extract wrote")
     return json.loads(metadata[PROVENANCE_KEY])
 
 

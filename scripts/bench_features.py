@@ -14,7 +14,8 @@ the RSS just before it, after resetting the kernel's high-water mark).
 Masks come from ``cellfeat.segment.classical.segment_site`` when it is there, else from a
 stand-in (Otsu on w1 + label; cells = nuclei expanded by 8 px).
 
-    OMP_NUM_THREADS=1 python scripts/bench_features.py                 # all 14 sites
+    OMP_NUM_THREADS=1 python scripts/bench_features.py                 # all 14 sites, cp_measure's numba backend
+    OMP_NUM_THREADS=1 python scripts/bench_features.py --cp-accelerator none   # against its numpy code
     python scripts/bench_features.py --sites 0 3 --cp-sites 1 --json out.json
 """
 
@@ -243,6 +244,9 @@ def get_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--cp-sites", type=int, default=2, help="run cp_measure on the first N of them (default 2)")
     p.add_argument("--families", nargs="*", default=list(FAMILIES), help="default: every registry family")
     p.add_argument("--no-memory", action="store_true", help="skip the per-family peak-memory children")
+    p.add_argument("--cp-accelerator", choices=["numba", "none"], default="numba",
+                   help="cp_measure's backend (cp_measure.set_accelerator): numba, its fastest warm, is the default "
+                        "reference; none = its numpy code. Warmed by one untimed call on the first site")  # fmt: skip
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     return p
@@ -253,6 +257,9 @@ def main(argv=None) -> int:
     if args.child:
         child_main(args.child[0], args.child[1], int(args.child[2]))
         return 0
+    import cp_measure
+
+    cp_measure.set_accelerator(None if args.cp_accelerator == "none" else args.cp_accelerator)
     all_sites = site_list(DATA)
     chosen = args.sites if args.sites else list(range(len(all_sites)))
     loaded = []
@@ -262,7 +269,7 @@ def main(argv=None) -> int:
         loaded.append((i, all_sites[i][0], pixels, masks))
     n_objects = [int(m["Cells"].max()) for *_, m in loaded]
     print(f"{len(loaded)} sites, masks by {how}, objects per site {min(n_objects)}..{max(n_objects)}; "
-          f"cp_measure on the first {min(args.cp_sites, len(loaded))}")  # fmt: skip
+          f"cp_measure ({args.cp_accelerator} backend) on the first {min(args.cp_sites, len(loaded))}")  # fmt: skip
     rows = []
     for name in args.families:
         fn = ours(name)
@@ -275,6 +282,11 @@ def main(argv=None) -> int:
         worst_key = ""
         shares = []
         cp_fn = cp_function(name)
+        if cp_fn is not None and args.cp_sites and args.cp_accelerator != "none":  # compile cp_measure's kernels, untimed
+            try:
+                run_family(cp_fn, name, loaded[0][3], loaded[0][2], True)
+            except Exception:  # reported by the timed call below
+                pass
         for k, (_, _, pixels, masks) in enumerate(loaded):
             t, res = run_family(fn, name, masks, pixels, False)
             ours_t.append(t)

@@ -42,3 +42,26 @@ def test_show_real_site_and_a_clear_error(rxrx1_images_root, tmp_path, caplog):
     assert main(["show", "--data-root", str(rxrx1_images_root), "--experiment", "HUVEC-01", "--plate", "1",
                  "--well", "B03", "--out", str(png)]) == 2  # fmt: skip
     assert "no site with well 'B03'" in caplog.text and "['B02']" in caplog.text  # what exists, named
+
+
+def test_a_users_mistake_is_one_line_and_exit_2_a_bug_is_a_traceback_and_exit_1(monkeypatch, tmp_path, caplog):
+    """CellfeatError (input, config, data) is printed plainly with status 2; anything else is a bug:
+    its traceback is kept and the status is 1, so a missing dict key never looks like bad input."""
+    import pipelines.show
+    from cellfeat.errors import ConfigError
+
+    argv = ["show", "--data-root", str(tmp_path), "--experiment", "X", "--plate", "1", "--well", "B02", "--out", str(tmp_path / "x.png")]
+
+    def mistake(args):
+        raise ConfigError("[channels] nuclei names no channel; set it to the nuclear stain")
+
+    def bug(args):
+        return {}["missing key"]
+
+    monkeypatch.setattr(pipelines.show, "run", mistake)
+    assert main(argv) == 2
+    assert "[channels] nuclei names no channel" in caplog.text and "Traceback" not in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(pipelines.show, "run", bug)
+    assert main(argv) == 1
+    assert "KeyError: 'missing key'" in caplog.text and "Traceback" in caplog.text and "a bug" in caplog.text

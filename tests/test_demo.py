@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from pipelines.demo import SIZES
+
+# the tiny demo's fixture runs synth -> extract -> fit -> submit -> report: ~140 s on 2 cores
+pytestmark = pytest.mark.slow
 
 
 # The tiny held-out experiment has 4 plates x 6 treatment wells = 24 wells and 24 siRNAs, so

@@ -181,7 +181,7 @@ device = "cpu"
 """
 
 
-@pytest.mark.parametrize("segmenter", ["classical", "cellpose"])
+@pytest.mark.parametrize("segmenter", ["classical", pytest.param("cellpose", marks=pytest.mark.slow)])  # cellpose: ~40 s
 def test_device_stages_in_the_main_process_give_the_same_tables(dataset, tmp_path, segmenter, request):
     """[extract] device_stages = "main" (what a GPU run does: Cellpose and the CNN batched in the
     main process, the rest in workers) writes the same tables as every worker doing every stage."""

@@ -345,6 +345,7 @@ def test_two_runs_on_one_output_at_once_then_a_rerun_give_the_clean_tables(base,
     assert_same_tables(got, tables(base / "reference"))
 
 
+@pytest.mark.slow  # ~22 s: five runs killed and one rerun
 def test_killed_five_times_at_random_moments_then_rerun_gives_exactly_the_clean_rows(base, tmp_path):
     out = tmp_path / "out"
     start = time.perf_counter()

@@ -66,7 +66,7 @@ def test_fit_writes_model_and_a_validation_report(tmp_path):
     assert "top-1" in (out / "report.txt").read_text()
 
 
-def test_fit_refuses_bad_well_tables(tmp_path):
+def test_fit_refuses_bad_well_tables(tmp_path, caplog):
     wells_dir, meta_dir = _write_dataset(tmp_path)
     t = pd.read_parquet(wells_dir / "RPE-01.parquet")
     t.drop(columns="Metadata_WellType").to_parquet(wells_dir / "RPE-01.parquet")
@@ -74,11 +74,14 @@ def test_fit_refuses_bad_well_tables(tmp_path):
         read_well_tables(wells_dir)
     t.assign(Cells_F0=np.inf).to_parquet(wells_dir / "RPE-01.parquet")
     assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(tmp_path / "m")]) == 2
+    assert "infinite feature values in the well tables (e.g. in Cells_F0)" in caplog.text
+    caplog.clear()
     t[t.Metadata_WellType == "treatment"].to_parquet(wells_dir / "RPE-01.parquet")  # controls gone
     assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(tmp_path / "m")]) == 2
+    assert "RPE-01" in caplog.text and "control" in caplog.text and "Traceback" not in caplog.text
 
 
-def test_fit_then_submit_with_the_model(tmp_path):
+def test_fit_then_submit_with_the_model(tmp_path, caplog):
     wells_dir, meta_dir = _write_dataset(tmp_path)
     model = tmp_path / "model"
     assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(model), "--folds", "0"]) == 0
@@ -96,6 +99,7 @@ def test_fit_then_submit_with_the_model(tmp_path):
     t = pd.read_parquet(wells_dir / "U2OS-01.parquet")
     t.rename(columns={"Cells_F3": "Cells_G3"}).to_parquet(wells_dir / "U2OS-01.parquet")
     assert main(["submit", "--model", str(model), "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "extract all experiments with the same config" in caplog.text and "Traceback" not in caplog.text
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -158,3 +162,4 @@ def test_default_folds_fit_any_number_of_training_experiments(tmp_path, n_experi
     assert ("only 2 training experiments: using 2 folds" in caplog.text) == (folds == 2)
     assert ("cross-validation needs 2 or more, skipped" in caplog.text) == (folds == 0)
     assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(out), "--folds", "1"]) == 2
+    assert "folds = 1 leaves no experiment to train on" in caplog.text

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cellfeat.errors import FileMissingError
 from cellfeat.layout.rxrx1_metadata import MetadataError
 from cellfeat.layout.sites import WELL_KEYS, SiteKey, SiteRecord, SiteSet
 
@@ -55,7 +56,7 @@ def locate_plate(root: str | Path, experiment: str, plate: int) -> Path:
     for folder in tried:
         if folder.is_dir():
             return folder
-    raise FileNotFoundError(
+    raise FileMissingError(
         f"no images for {experiment} plate {plate} under {root}; looked in "
         + ", ".join(str(t) for t in tried)
         + ". Check --data-root: it must be the folder that holds train/ and test/ (Kaggle) or images/ (rxrx.ai)."
@@ -130,7 +131,7 @@ def rxrx1_sites(data_root: str | Path, wells: pd.DataFrame, *, experiment: str, 
     on_disk = discover_sites(data_root)
     on_disk = on_disk[on_disk["Metadata_Experiment"] == experiment]
     if on_disk.empty:
-        raise FileNotFoundError(
+        raise FileMissingError(
             f"no images of {experiment} under {data_root}: expected train/{experiment}/Plate1/... (Kaggle) or "
             f"images/{experiment}/Plate1/... (rxrx.ai). Check --data-root."
         )

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from cellfeat.errors import InputError  # re-exported as cellfeat.layout.InputError
+
 WELL_KEYS = ("Metadata_Experiment", "Metadata_Plate", "Metadata_Well")
 SITE_KEYS = (*WELL_KEYS, "Metadata_Site")
 
 
-class InputError(ValueError):
-    """An input (folder, LoadData CSV, metadata table) that does not hold what was asked for."""
 
 
 @dataclass(frozen=True, order=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellfeat.errors import ConfigError
 from cellfeat.segment.classical import check_plane, cytoplasm_signal
 from cellfeat.segment.objects import Segmentation, empty, pair_objects
 
@@ -43,7 +44,7 @@ DEFAULT_MODELS = {3: ("nuclei", "cyto3"), 4: ("cpsam", "cpsam")}
 WEIGHT_URLS = {3: "https://www.cellpose.org/models/{file}", 4: "https://huggingface.co/mouseland/cellpose-sam/resolve/main/{file}"}
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(ConfigError, FileNotFoundError):
     """A Cellpose weight file is not on disk (and will not be downloaded)."""
 
 
