@@ -27,7 +27,7 @@ import numpy as np
 from cellfeat.layout import read_metadata, sirna_groups
 from cellfeat.model import SirnaClassifier
 from pipelines.config import load_config
-from pipelines.settings import fit_settings
+from pipelines.settings import fit_settings, parameter_hints
 
 # the reference round's LightGBM parameters (those of configs/rxrx1.toml on 2026-11-23)
 REFERENCE_PARAMS = dict(learning_rate=0.05, num_leaves=15, min_child_samples=3, colsample_bytree=0.2, subsample=0.8,
@@ -90,9 +90,9 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    fit = fit_settings(load_config(args.config, rxrx1=True))
-    params = dict(fit.model)
-    args.target_rounds = args.target_rounds or int(fit.classifier().n_estimators)
+    configured = fit_settings(load_config(args.config, rxrx1=True)).classifier()  # the config's over the defaults
+    params = {k: getattr(configured, k) for k in parameter_hints(SirnaClassifier.__init__, skip=("log_sink",))}
+    args.target_rounds = args.target_rounds or int(params["n_estimators"])
     wells = read_metadata(args.metadata)
     train = wells[(wells.Metadata_Dataset == "train") & (wells.Metadata_WellType == "treatment")]
     y = np.repeat(train.Metadata_Sirna.to_numpy(np.int64), args.sites)
