@@ -34,6 +34,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from cellfeat.errors import CellfeatError
 from cellfeat.images import ImageError, load_site
 from cellfeat.layout import WELL_KEYS, SiteRecord, SiteSet, plate_stem
 from pipelines.config import load_config, with_device
-from pipelines.extract_unit import Context, Unit, UnitResult, run_unit
+from pipelines.extract_unit import STAGES, Context, Unit, UnitResult, run_unit
 from pipelines.inputs import open_input, parse_plates
 from pipelines.locks import LockBusy, experiment_lock, plate_lock
 from pipelines.provenance import versions
@@ -158,10 +159,59 @@ class Progress:
             self.bar.close()
 
 
+@dataclass
+class Timing:
+    """Where a run's time went: wall seconds running units, the units' workers' seconds per stage,
+    the main process's (where it runs the GPU stages), and how many processes ran units."""
+
+    wall: float = 0.0
+    sites: int = 0
+    workers: dict[str, float] = field(default_factory=dict)
+    main: dict[str, float] = field(default_factory=dict)
+    worker_busy: float = 0.0  # summed wall seconds of the units' tasks
+    processes: int | None = 1  # processes that ran units (None: a Dask cluster's, not counted)
+
+    def add(self, other: Timing) -> None:
+        self.wall += other.wall
+        self.sites += other.sites
+        self.worker_busy += other.worker_busy
+        self.processes = None if None in (self.processes, other.processes) else max(self.processes, other.processes)
+        for mine, theirs in ((self.workers, other.workers), (self.main, other.main)):
+            for stage, seconds in theirs.items():
+                mine[stage] = mine.get(stage, 0.0) + seconds
+
+    def summary(self) -> str:
+        """One line: sites/s, core-seconds a site per stage, the workers' busy share, the main process's."""
+        if not self.sites or self.wall <= 0:
+            return "no site was processed"
+        stages = [s for s in STAGES if s in self.workers or s in self.main]
+        per_site = ", ".join(f"{s} {(self.workers.get(s, 0.0) + self.main.get(s, 0.0)) / self.sites:.3f}" for s in stages)
+        line = f"{self.sites} sites in {self.wall:.1f} s ({self.sites / self.wall:.2f} sites/s); core-seconds a site: {per_site}"
+        if self.processes:
+            line += f"; workers busy {self.worker_busy / (self.processes * self.wall):.0%} of {self.processes} x {self.wall:.1f} s"
+        if self.main:
+            where = ", ".join(f"{s} {v:.1f} s" for s, v in self.main.items())
+            line += f"; main process (device stages) busy {sum(self.main.values()) / self.wall:.0%} ({where})"
+        return line
+
+
 def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, progress: Progress,
-            device_stages: str = "auto") -> list[UnitResult]:
+            device_stages: str = "auto") -> tuple[list[UnitResult], Timing]:
     """Run units serially, on ``jobs`` local processes (with the GPU stages in this process where
-    ``device_stages`` says so: :mod:`pipelines.extract_device`), or on a Dask cluster."""
+    ``device_stages`` says so: :mod:`pipelines.extract_device`), or on a Dask cluster; returns
+    their results and where the time went."""
+    start = time.perf_counter()
+    results, main = _execute(units, ctx, jobs=jobs, dask=dask, progress=progress, device_stages=device_stages)
+    timing = Timing(wall=time.perf_counter() - start, sites=sum(r.sites for r in results), main=main,
+                    worker_busy=sum(r.seconds for r in results), processes=None if dask else max(1, jobs))  # fmt: skip
+    for r in results:
+        for stage, seconds in r.stages.items():
+            timing.workers[stage] = timing.workers.get(stage, 0.0) + seconds
+    return results, timing
+
+
+def _execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, progress: Progress,
+             device_stages: str) -> tuple[list[UnitResult], dict[str, float]]:  # fmt: skip
     from pipelines.extract_device import run_with_device_stages, use_main_process
 
     if use_main_process(device_stages, ctx, jobs=jobs, dask=dask):
@@ -177,12 +227,12 @@ def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pro
             for future in as_completed(list(futures)):
                 results.append(future.result())
                 progress.update(len(futures[future].sites))
-        return results
+        return results, {}
     if jobs <= 1:
         for u in units:
             results.append(run_unit(u, ctx))
             progress.update(len(u.sites))
-        return results
+        return results, {}
     from joblib import Parallel, delayed
 
     by_name = {u.name: u for u in units}
@@ -190,7 +240,7 @@ def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pro
     for result in runner(delayed(run_unit)(u, ctx) for u in units):
         results.append(result)
         progress.update(len(by_name[result.unit].sites))
-    return results
+    return results, {}
 
 
 # --------------------------------------------------------------------------- finishing
@@ -332,8 +382,8 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
                  f" (finished plates: {', '.join(map(str, done_plates))})" if done_plates else "")  # fmt: skip
         progress = Progress(sum(len(u.sites) for u in todo), experiment)
         try:
-            results = execute(todo, ctx, jobs=args.jobs, dask=args.dask, progress=progress,
-                              device_stages=settings.extract.device_stages)  # fmt: skip
+            results, timing = execute(todo, ctx, jobs=args.jobs, dask=args.dask, progress=progress,
+                                      device_stages=settings.extract.device_stages)  # fmt: skip
         finally:
             progress.close()
         failures = []
@@ -352,7 +402,7 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
     if unfinished:  # a profile table is written only whole: every plate of this run finished
         log.warning("%s: %d plate(s) unfinished (%s): the experiment's profile tables are not written; rerun to finish them",
                     experiment, len(unfinished), ", ".join(plate_stem(p) for p in unfinished))  # fmt: skip
-        return {"results": results, "failures": failures, "busy": busy, "wells": None, "failure_file": None}
+        return {"results": results, "failures": failures, "busy": busy, "wells": None, "failure_file": None, "timing": timing}
     try:
         with experiment_lock(out, experiment):  # another run may be finishing other plates of it
             for leftover in [*(out / k / f".{experiment}.parquet" for k in PROFILES), out / "failures" / f".{experiment}.csv"]:
@@ -363,7 +413,8 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
     except OSError as exc:
         raise ExtractError(f"cannot write the profile tables of {experiment} under {out} ({type(exc).__name__}: {exc}). "
                            "Free disk space or fix the folder's permissions, then rerun: finished plates are kept") from exc  # fmt: skip
-    return {"results": results, "failures": failures, "busy": busy, "wells": paths[0], "failure_file": failure_file}
+    return {"results": results, "failures": failures, "busy": busy, "wells": paths[0], "failure_file": failure_file,
+            "timing": timing}
 
 
 def run(args) -> int:
@@ -405,6 +456,10 @@ def run(args) -> int:
     log.info("done: %d sites, %d cells, %d skipped sites, %d failed units in %.1f s (%.2f s/site)%s", n_sites, n_cells,
              sum(len(d["failures"]) for d in done), len(errors), seconds, seconds / max(n_sites, 1),
              "".join(f"; {d['wells']}" for d in done if d["wells"]))  # fmt: skip
+    timing = Timing()
+    for d in done:
+        timing.add(d["timing"])
+    log.info("where the time went: %s", timing.summary())
     for d in done:
         if d["failure_file"]:
             log.warning("skipped sites and why: %s", d["failure_file"])

@@ -27,7 +27,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from cellfeat.device import resolve_device
-from pipelines.extract_unit import Context, Unit, UnitResult, run_unit, segment_unit, stage_units
+from pipelines.extract_unit import CLOCK, Context, Unit, UnitResult, run_unit, segment_unit, stage_units
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,14 @@ def _error(unit: Unit, exc: BaseException) -> UnitResult:
     return UnitResult(unit.name, error=text)
 
 
-def run_with_device_stages(units: list[Unit], ctx: Context, *, jobs: int, batch_sites: int, progress) -> list[UnitResult]:
-    """Run ``units``: GPU stages here, batched over about ``batch_sites`` sites; the rest on ``jobs`` workers."""
+def run_with_device_stages(units: list[Unit], ctx: Context, *, jobs: int, batch_sites: int,
+                           progress) -> tuple[list[UnitResult], dict[str, float]]:  # fmt: skip
+    """Run ``units``: GPU stages here, batched over about ``batch_sites`` sites; the rest on ``jobs``
+    workers. Returns the units' results (their ``stages``: the seconds their workers spent, the
+    segmentation task's included) and the seconds this process spent per stage."""
     host_segments = ctx.segmenter != "cellpose"
+    CLOCK.take()
+    segment_seconds: dict[str, dict[str, float]] = {}  # unit name -> its worker segmentation task's stages
     todo = deque(units)
     segmenting: dict[Future, Unit] = {}
     measuring: dict[Future, Unit] = {}
@@ -111,10 +116,15 @@ def run_with_device_stages(units: list[Unit], ctx: Context, *, jobs: int, batch_
                 if future in segmenting:
                     unit = segmenting.pop(future)
                     try:
-                        ready.append((unit, future.result()))
+                        segs, segment_seconds[unit.name] = future.result()
+                        ready.append((unit, segs))
                     except Exception as exc:
                         finish(unit, _error(unit, exc))
                 else:
                     unit = measuring.pop(future)
-                    finish(unit, future.result())
-    return results
+                    result = future.result()
+                    for stage, seconds in segment_seconds.pop(unit.name, {}).items():
+                        result.stages[stage] = result.stages.get(stage, 0.0) + seconds
+                        result.seconds += seconds
+                    finish(unit, result)
+    return results, CLOCK.take()

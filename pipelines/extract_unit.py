@@ -16,6 +16,7 @@ import logging
 import os
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,35 @@ class UnitResult:
     failures: list[dict] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES) in the process that ran it
+
+
+# --------------------------------------------------------------------------- where the time goes
+
+STAGES = ("load", "segment", "embed", "features", "aggregate", "write")
+
+
+class StageClock:
+    """Wall seconds this process spent in each stage since the last :meth:`take` (one per process:
+    :data:`CLOCK`). Stages do not nest, so their times add up to the busy time."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {}
+        return out
+
+
+CLOCK = StageClock()
 
 
 # --------------------------------------------------------------------------- per-process state
@@ -116,6 +146,12 @@ def _embedder(ctx: Context):
 
 
 def segment_sites(ctx: Context, sites: list[np.ndarray], cell_type: str | None):
+    """Segmentations of ``sites`` (one cell type's): Cellpose in batches, or the classical segmenter."""
+    with CLOCK("segment"):
+        return _segment_sites(ctx, sites, cell_type)
+
+
+def _segment_sites(ctx: Context, sites: list[np.ndarray], cell_type: str | None):
     if not sites:
         return []
     segment = ctx.settings.segment
@@ -142,14 +178,15 @@ def feature_options(options: dict, scale: int) -> dict:
 
 def _site_table(record: SiteRecord, seg, pixels: np.ndarray, ctx: Context) -> pd.DataFrame:
     features, key = ctx.settings.features, record.key
-    scale = site_full_scale(record.paths(ctx.settings.channels.names))
-    table = measure_objects(
-        {"Nuclei": seg.nuclei, "Cells": seg.cells, "Cytoplasm": seg.cytoplasm},
-        pixels,
-        ctx.settings.channels.names,
-        families=features.families,
-        options=feature_options(dict(features.options), scale),
-    )
+    with CLOCK("features"):
+        scale = site_full_scale(record.paths(ctx.settings.channels.names))
+        table = measure_objects(
+            {"Nuclei": seg.nuclei, "Cells": seg.cells, "Cytoplasm": seg.cytoplasm},
+            pixels,
+            ctx.settings.channels.names,
+            families=features.families,
+            options=feature_options(dict(features.options), scale),
+        )
     n = len(table)
     table.insert(1, "Metadata_BorderObject", np.asarray(seg.border[:n], bool) if n else np.zeros(0, bool))
     for i, (name, value) in enumerate(zip(KEYS[:4], (key.experiment, key.plate, key.well, key.site))):
@@ -165,7 +202,8 @@ def _failure(key: SiteKey, stage: str, exc: Exception) -> dict:
 def _load(record: SiteRecord, ctx: Context, failures: list[dict]) -> np.ndarray | None:
     """One site's pixels; a site that cannot be read is an error, or with ``skip_bad`` recorded."""
     try:
-        return load_site(record.paths(ctx.settings.channels.names))
+        with CLOCK("load"):
+            return load_site(record.paths(ctx.settings.channels.names))
     except (ImageError, FileNotFoundError, OSError, ValueError) as exc:
         if not ctx.skip_bad:
             raise RuntimeError(f"{record.key}: load failed: {exc}") from exc
@@ -209,9 +247,10 @@ def embed_staged(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tupl
         return [None] * len(pixels)
     from cellfeat.embed import embed_sites
 
-    cfg, embedder = _embedder(ctx)
-    return embed_sites(embedder, [(px, seg.cells) for px, seg in zip(pixels, segs)], crop_size=cfg.crop_size,
-                       mask_outside=cfg.mask_outside, normalization=cfg.normalization, stats=stats)  # fmt: skip
+    with CLOCK("embed"):
+        cfg, embedder = _embedder(ctx)
+        return embed_sites(embedder, [(px, seg.cells) for px, seg in zip(pixels, segs)], crop_size=cfg.crop_size,
+                           mask_outside=cfg.mask_outside, normalization=cfg.normalization, stats=stats)  # fmt: skip
 
 
 def stage_units(units: list[Unit], ctx: Context, segmentations: list[list] | None = None) -> list[Staged]:
@@ -240,11 +279,13 @@ def stage_units(units: list[Unit], ctx: Context, segmentations: list[list] | Non
     return staged
 
 
-def segment_unit(unit: Unit, ctx: Context) -> list:
-    """Segmentations of the unit's sites that load (for :func:`stage_units`' ``segmentations``)."""
+def segment_unit(unit: Unit, ctx: Context) -> tuple[list, dict[str, float]]:
+    """Segmentations of the unit's sites that load (for :func:`stage_units`' ``segmentations``),
+    and the seconds this took per stage (load, segment)."""
     _single_threaded()
+    CLOCK.take()
     keys, pixels, _ = load_unit(unit, ctx)
-    return segment_sites(ctx, pixels, unit.cell_type)
+    return segment_sites(ctx, pixels, unit.cell_type), CLOCK.take()
 
 
 def measure_unit(unit: Unit, ctx: Context, staged: Staged) -> tuple[pd.DataFrame, list[SiteKey], list[dict]]:
@@ -287,7 +328,8 @@ def empty_cells(unit: Unit) -> pd.DataFrame:
 
 def _write(table: pd.DataFrame, path: str, ctx: Context) -> None:
     try:
-        write_parquet(table, path, ctx.provenance)
+        with CLOCK("write"):
+            write_parquet(table, path, ctx.provenance)
     except OSError as exc:
         raise RuntimeError(f"cannot write {path}: {type(exc).__name__}: {exc}. Free disk space or fix the output "
                            "folder's permissions, then rerun: finished units are kept") from exc  # fmt: skip
@@ -303,6 +345,7 @@ def run_unit(unit: Unit, ctx: Context, staged: Staged | None = None) -> UnitResu
     """
     _single_threaded()
     start = time.perf_counter()
+    CLOCK.take()  # this unit's stages only
     result = UnitResult(unit.name)
     try:
         cells, measured, failures = measure_unit(unit, ctx, staged if staged is not None else stage_units([unit], ctx)[0])
@@ -311,10 +354,11 @@ def run_unit(unit: Unit, ctx: Context, staged: Staged | None = None) -> UnitResu
                                "Metadata_Plate": pd.Series([k.plate for k in measured], dtype=cells["Metadata_Plate"].dtype),
                                "Metadata_Well": pd.Series([k.well for k in measured], dtype=object),
                                "Metadata_Site": pd.Series([k.site for k in measured], dtype=np.int64)})  # fmt: skip
-        wells = aggregate_wells(cells.drop(columns=["Metadata_Site", "Metadata_ObjectNumber"], errors="ignore"),
-                                operations=operations, wells=listed.drop(columns="Metadata_Site"))  # fmt: skip
-        sites = aggregate_wells(cells.drop(columns=["Metadata_ObjectNumber"], errors="ignore"), operations=operations,
-                                keys=SITE_KEYS, wells=listed)  # fmt: skip
+        with CLOCK("aggregate"):
+            wells = aggregate_wells(cells.drop(columns=["Metadata_Site", "Metadata_ObjectNumber"], errors="ignore"),
+                                    operations=operations, wells=listed.drop(columns="Metadata_Site"))  # fmt: skip
+            sites = aggregate_wells(cells.drop(columns=["Metadata_ObjectNumber"], errors="ignore"), operations=operations,
+                                    keys=SITE_KEYS, wells=listed)  # fmt: skip
         # failures first: a unit counts as done once its cells part exists
         try:
             unit.failures_part().parent.mkdir(parents=True, exist_ok=True)
@@ -331,4 +375,5 @@ def run_unit(unit: Unit, ctx: Context, staged: Staged | None = None) -> UnitResu
     except Exception as exc:  # reported with the unit's name by the main process
         result.error = f"{exc}\n{traceback.format_exc(limit=3)}" if not isinstance(exc, RuntimeError) else str(exc)
     result.seconds = time.perf_counter() - start
+    result.stages = CLOCK.take()
     return result

@@ -182,7 +182,7 @@ device = "cpu"
 
 
 @pytest.mark.parametrize("segmenter", ["classical", pytest.param("cellpose", marks=pytest.mark.slow)])  # cellpose: ~40 s
-def test_device_stages_in_the_main_process_give_the_same_tables(dataset, tmp_path, segmenter, request):
+def test_device_stages_in_the_main_process_give_the_same_tables(dataset, tmp_path, segmenter, request, caplog):
     """[extract] device_stages = "main" (what a GPU run does: Cellpose and the CNN batched in the
     main process, the rest in workers) writes the same tables as every worker doing every stage."""
     extra = ""
@@ -198,7 +198,12 @@ def test_device_stages_in_the_main_process_give_the_same_tables(dataset, tmp_pat
         argv = ["extract", "--data-root", str(dataset / "data"), "--metadata", str(dataset / "data"), "--experiment",
                 "U2OS-01", "--plates", "1", "--config", str(config), "--out", str(out), "--jobs", "2",
                 "--segmenter", segmenter]  # fmt: skip
+        caplog.clear()
+        caplog.set_level("INFO", logger="pipelines.extract")
         assert main(argv) == 0
+        line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("where the time went"))
+        assert "core-seconds a site: load" in line and "features" in line and "workers busy" in line
+        assert ("main process (device stages) busy" in line and "embed" in line.split("main process")[1]) == (mode == "main")
         tables[mode] = [pd.read_parquet(out / "cells" / "U2OS-01" / "Plate1.parquet"),
                         pd.read_parquet(out / "wells" / "U2OS-01.parquet")]  # fmt: skip
     for got, want in zip(tables["main"], tables["workers"]):
@@ -292,3 +297,14 @@ def test_costes_searches_on_the_grid_of_the_sites_bit_depth(tmp_path, bits):
     if bits == 16:  # the test can tell the grids apart: an 8-bit grid gives other thresholds here
         coarse = correlation(labels, pixels, scale_max=255)["Correlation_Costes_{image}_1"]
         assert np.nanmax(np.abs(coarse - table["Cells_Correlation_Costes_A_B_1"].to_numpy())) > 1e-3
+
+
+def test_the_time_summary_adds_up():
+    from pipelines.extract import Timing
+
+    timing = Timing(wall=10.0, sites=20, workers={"load": 2.0, "features": 10.0}, main={"embed": 4.0}, worker_busy=15.0, processes=2)
+    timing.add(Timing(wall=10.0, sites=20, workers={"load": 2.0, "features": 10.0}, worker_busy=15.0, processes=2))
+    line = timing.summary()
+    assert line.startswith("40 sites in 20.0 s (2.00 sites/s)")
+    assert "load 0.100, embed 0.100, features 0.500" in line  # core-seconds a site, in pipeline order
+    assert "workers busy 75% of 2 x 20.0 s" in line and "main process (device stages) busy 20% (embed 4.0 s)" in line
