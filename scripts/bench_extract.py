@@ -233,6 +233,7 @@ class Run:
     worker_peak_mib: float = 0.0  # largest VmHWM over the worker processes (0 with 1 job)
     workers: int = 0
     argv: list[str] = field(default_factory=list)
+    where: str = ""  # extract's own "where the time went" line
 
     @property
     def per_site(self) -> float:
@@ -267,12 +268,15 @@ def run_extract(run: Run, data: Path, metadata: Path, work: Path, config: str | 
                 peaks[pid] = max(peaks.get(pid, 0), hwm)
                 if pid not in roles:
                     cmd = _cmdline(pid)
-                    roles[pid] = "main" if pid == proc.pid else "worker" if "LokyProcess" in cmd else "other"  # trackers, lscpu
+                    roles[pid] = ("main" if pid == proc.pid else "worker" if "LokyProcess" in cmd or "spawn_main" in cmd
+                                  else "other")  # loky's or the device path's spawned workers; trackers, lscpu  # fmt: skip
         run.seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{run.name}: cellfeat extract failed (exit {proc.returncode}); its log {log_file}:\n"
                          + "\n".join(log_file.read_text().splitlines()[-30:]))  # fmt: skip
     child = json.loads(result_file.read_text())
+    run.where = next((line.split("where the time went: ", 1)[1] for line in log_file.read_text().splitlines()
+                      if "where the time went: " in line), "")  # fmt: skip
     run.main_peak_mib = max(child["peak_mib"], peaks.get(proc.pid, 0) / 1024)
     workers = [peaks[p] for p, role in roles.items() if role == "worker"]
     run.workers = len(workers)
@@ -457,6 +461,9 @@ def print_report(report: dict, runs: list[Run], jobs: int) -> None:
               f"{(f'{r.worker_peak_mib:.0f} x{r.workers}' if r.workers else '-'):>10s}")  # fmt: skip
     print("  main MiB: peak RSS (VmHWM) of the main process; worker MiB: the largest peak RSS (VmHWM, polled")
     print("  from /proc) over its loky worker processes, x how many (resource trackers and lscpu left out).")
+    print("  where the time went, as each run's extract logged it:")
+    for r in runs:
+        print(f"  {r.name}: {r.where or '(no line)'}")
 
     ratios = report["jobs_ratio"]
     if ratios:
