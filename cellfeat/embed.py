@@ -418,22 +418,47 @@ def backbone_label(backbone: str) -> str:
 # --------------------------------------------------------------------------- inference
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# crops a forward pass with batch_size = 0 ("auto"): small batches stay in a CPU's caches (32 was the
+# fastest at 64 px on 2 cores, scripts/bench_embed.py), a GPU needs large ones to be kept busy
+AUTO_BATCH = {"cpu": 32, "cuda": 512}
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (``None``: plain float32). ``"auto"`` is
+    bfloat16 on a CUDA GPU that supports it (float16 on one that does not) and float32 on the CPU."""
+    if precision not in PRECISIONS:
+        raise EmbedError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 class Embedder:
     """Run a feature module over crops in mini-batches: ``embed((N, C, h, w)) -> (N, D)`` float32.
 
     Eval mode, ``torch.inference_mode``, cuDNN in deterministic mode: the same crops give the
-    same numbers. ``name`` is the ``{name}`` of the output columns.
+    same numbers. ``name`` is the ``{name}`` of the output columns. ``precision`` (``PRECISIONS``)
+    runs the network under autocast in bfloat16 or float16; the embeddings are float32 either way
+    and stay within a stated tolerance of float32's (tests/test_embed.py). ``batch_size`` 0 picks
+    :data:`AUTO_BATCH` for the device. On a GPU the crops of one call are copied from pinned memory
+    without blocking, in channels-last layout, and the results come back in one copy at the end.
     """
 
-    def __init__(self, module: nn.Module, *, name: str, device: str = "auto", batch_size: int = 32):
-        if batch_size < 1:
-            raise EmbedError(f"batch_size must be >= 1, got {batch_size}")
+    def __init__(self, module: nn.Module, *, name: str, device: str = "auto", batch_size: int = 32, precision: str = "fp32"):
+        if batch_size < 0:
+            raise EmbedError(f"batch_size must be >= 1 (or 0: the device's default), got {batch_size}")
         if not re.fullmatch(r"[0-9A-Za-z]+", name):
             raise EmbedError(f"embedding name {name!r} must be letters and digits only (it goes into column names)")
         self.device = resolve_device(device)
+        self.autocast = resolve_precision(precision, self.device)
         self.module = module.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.module = self.module.to(memory_format=torch.channels_last)
         self.name = name
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) or AUTO_BATCH[self.device.type]
         self._dim: int | None = None
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
@@ -442,12 +467,19 @@ class Embedder:
             raise ValueError(f"crops must be (N, C, h, w), got shape {crops.shape}")
         if len(crops) == 0:
             return np.zeros((0, self.dim(crops.shape[1:])), np.float32)
+        cuda = self.device.type == "cuda"
+        host = torch.from_numpy(np.ascontiguousarray(crops))
+        if cuda:
+            host = host.pin_memory()
         out = []
-        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        with (torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True),
+              torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)):  # fmt: skip
             for start in range(0, len(crops), self.batch_size):
-                batch = torch.from_numpy(crops[start : start + self.batch_size]).to(self.device, non_blocking=True)
-                out.append(_pooled(self.module(batch)).float().cpu().numpy())
-        result = np.concatenate(out)
+                batch = host[start : start + self.batch_size].to(self.device, non_blocking=True)
+                if cuda:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                out.append(_pooled(self.module(batch)).float())
+            result = torch.cat(out).cpu().numpy()  # one copy back (and one wait) per call
         self._dim = result.shape[1]
         return result
 
@@ -472,8 +504,9 @@ class EmbedConfig:
     weights: str = ""  # empty: the backbone's packaged weights (efficientnet_lite0 only)
     name: str = ""  # empty: backbone_label(backbone)
     crop_size: int = 64
-    batch_size: int = 32
+    batch_size: int = 0  # crops a forward pass; 0 = the device's default (AUTO_BATCH: 32 on a CPU, 512 on a GPU)
     device: str = "auto"
+    precision: str = "auto"  # PRECISIONS: "auto" = bf16 autocast on a GPU, fp32 on the CPU
     mask_outside: bool = False
     normalization: Normalization = Normalization.GIVEN
     channels: ChannelMode = ChannelMode.COMPOSITE
@@ -493,12 +526,14 @@ class EmbedConfig:
         except ValueError as exc:
             raise EmbedError(f"[embed]: {exc}; normalization is one of {[m.value for m in Normalization]}, "
                              f"channels one of {[m.value for m in ChannelMode]}") from exc
-        for key in ("crop_size", "batch_size"):
-            if key in values and (isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 1):
-                raise EmbedError(f"[embed] {key} must be a positive integer, got {values[key]!r}")
+        for key, least in (("crop_size", 1), ("batch_size", 0)):
+            if key in values and (isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < least):
+                raise EmbedError(f"[embed] {key} must be an integer of at least {least}, got {values[key]!r}")
+        if "precision" in values and values["precision"] not in PRECISIONS:
+            raise EmbedError(f"[embed] precision must be one of {PRECISIONS}, got {values['precision']!r}")
         if "mask_outside" in values and not isinstance(values["mask_outside"], bool):
             raise EmbedError(f"[embed] mask_outside must be true or false, got {values['mask_outside']!r}")
-        for key in ("backbone", "weights", "name", "device"):
+        for key in ("backbone", "weights", "name", "device", "precision"):
             if key in values and not isinstance(values[key], str):
                 raise EmbedError(f"[embed] {key} must be a string, got {values[key]!r}")
         return replace(cls(), **values)
@@ -512,7 +547,7 @@ class EmbedConfig:
         module = build_backbone(self.backbone, self.weights or None, n_channels=len(colors), channels=self.channels,
                                 colors=colors)  # fmt: skip
         return Embedder(module, name=self.name or backbone_label(self.backbone), device=self.device,
-                        batch_size=self.batch_size)
+                        batch_size=self.batch_size, precision=self.precision)
 
 
 # crops held in memory at once by embed_sites (rounded to whole mini-batches)

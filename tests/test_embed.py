@@ -350,8 +350,8 @@ def test_config_errors_and_the_shipped_table():
         E.EmbedConfig.from_table({"crop": 64})
     with pytest.raises(E.EmbedError, match="normalization is one of"):
         E.EmbedConfig.from_table({"normalization": "plate-ish"})
-    with pytest.raises(E.EmbedError, match="positive integer"):
-        E.EmbedConfig.from_table({"batch_size": 0})
+    with pytest.raises(E.EmbedError, match="crop_size must be an integer of at least 1"):
+        E.EmbedConfig.from_table({"crop_size": 0})
     with pytest.raises(E.EmbedError, match="unknown embedding backbone"):
         E.build_backbone("resnet")
     from pipelines.config import load_config
@@ -369,3 +369,44 @@ def test_cuda_matches_cpu():
     gpu = E.Embedder(E.build_backbone(), name="L0", device="cuda")
     np.testing.assert_array_equal(gpu.embed(crops), gpu.embed(crops))
     np.testing.assert_allclose(gpu.embed(crops), cpu, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.realdata
+def test_bf16_embeddings_stay_within_the_stated_tolerance_of_fp32(real_sites):
+    """Reduced precision (what a GPU runs by default) on the CPU, on real cell crops: every cell's
+    embedding has cosine similarity >= 0.99 with float32's, and the median difference is under a
+    tenth of each dimension's spread over the cells."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    from cellfeat.images import load_site
+
+    pixels = load_site(real_sites[0][1])[:, :256, :256]
+    smooth = ndi.gaussian_filter(pixels[0], 2)
+    labels, n = ndi.label(smooth > threshold_otsu(smooth))
+    crops, present = E.cell_crops(pixels, labels.astype(np.int32), 64)
+    mean, std = E.site_stats(pixels)
+    crops = E.normalize_crops(crops[present], mean, std)[:48]
+    fp32 = E.EmbedConfig(device="cpu", precision="fp32").embedder(E.RXRX1_COLORS).embed(crops)
+    bf16_embedder = E.EmbedConfig(device="cpu", precision="bf16").embedder(E.RXRX1_COLORS)
+    assert bf16_embedder.autocast is torch.bfloat16 and E.EmbedConfig(device="cpu").embedder(E.RXRX1_COLORS).autocast is None
+    bf16 = bf16_embedder.embed(crops)
+    assert bf16.dtype == np.float32 and len(crops) >= 20
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cosine.min() >= 0.99, cosine.min()
+    spread = fp32.std(axis=0)
+    keep = spread > 1e-3
+    assert np.median(np.abs(fp32 - bf16)[:, keep] / spread[keep]) < 0.1
+    assert not np.array_equal(fp32, bf16)  # it did run in another precision
+
+
+def test_precision_and_batch_size_settings():
+    config = E.EmbedConfig.from_table({"precision": "bf16", "batch_size": 0})
+    assert config.precision == "bf16" and config.batch_size == 0
+    assert E.EmbedConfig(device="cpu").embedder(E.RXRX1_COLORS).batch_size == E.AUTO_BATCH["cpu"]
+    with pytest.raises(E.EmbedError, match="precision must be one of"):
+        E.EmbedConfig.from_table({"precision": "int8"})
+    with pytest.raises(E.EmbedError, match="batch_size must be an integer of at least 0"):
+        E.EmbedConfig.from_table({"batch_size": -1})
+    assert E.resolve_precision("auto", torch.device("cpu")) is None
+    assert E.resolve_precision("fp16", torch.device("cpu")) is torch.float16
