@@ -89,6 +89,16 @@ def cell_centres(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([cy, cx], axis=1), counts
 
 
+def crop_corners(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where :func:`cell_crops` takes each cell's window: ``(top-left corners (N, 2) int64, in the
+    coordinates of the image padded by ``size`` on every side; present (N,) bool)``. The window's
+    pixel ``(size // 2, size // 2)`` is the cell's centroid rounded to the nearest pixel."""
+    centres, counts = cell_centres(labels)
+    present = counts > 0
+    top_left = np.where(present[:, None], np.floor(np.nan_to_num(centres) + 0.5), 0).astype(np.int64) - size // 2 + size
+    return top_left, present
+
+
 def cell_crops(
     pixels: np.ndarray,
     labels: np.ndarray,
@@ -115,13 +125,10 @@ def cell_crops(
     if int(size) < 1:
         raise ValueError(f"crop size must be a positive number of pixels, got {size}")
     size = int(size)
-    centres, counts = cell_centres(labels)
-    n, c = len(counts), pixels.shape[0]
-    present = counts > 0
+    top_left, present = crop_corners(labels, size)
+    n, c = len(present), pixels.shape[0]
     if n == 0:
         return np.zeros((0, c, size, size), np.float32), present
-    # Top-left corner of each window, in the coordinates of the image padded by `size` on every side.
-    top_left = np.where(present[:, None], np.floor(np.nan_to_num(centres) + 0.5), 0).astype(np.int64) - size // 2 + size
     ys, xs = top_left[:, 0], top_left[:, 1]
     padded = np.pad(pixels, ((0, 0), (size, size), (size, size)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(1, 2))
@@ -436,6 +443,32 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+@dataclass
+class SiteWindows:
+    """What the network needs of one site to embed its cells where the crops are cut (on the
+    embedder's device, :meth:`Embedder.embed_windows`): the pixels, the top-left corners of the
+    present cells' windows (:func:`crop_corners`), the labels where ``mask_outside``, and the
+    per-channel statistics the crops are normalized with."""
+
+    pixels: np.ndarray  # (C, H, W) float32
+    corners: np.ndarray  # (n, 2) int64, the present cells only
+    mean: np.ndarray  # (C,)
+    std: np.ndarray  # (C,)
+    labels: np.ndarray | None = None  # (H, W) int32 with mask_outside, else None
+    ids: np.ndarray | None = None  # (n,) the present cells' labels, with mask_outside
+
+
+def site_windows(pixels: np.ndarray, labels: np.ndarray, size: int, *, mask_outside: bool,
+                 stats: tuple[Sequence[float], Sequence[float]] | None) -> tuple[SiteWindows, np.ndarray]:  # fmt: skip
+    """``(SiteWindows, present)`` of one site: ``stats`` = (mean, std), or the site's own where None."""
+    corners, present = crop_corners(labels, size)
+    mean, std = site_stats(pixels) if stats is None else stats
+    ids = np.flatnonzero(present).astype(np.int64) + 1
+    return SiteWindows(np.asarray(pixels, np.float32), corners[present], np.asarray(mean, np.float32), np.asarray(std, np.float32),
+                       labels=np.asarray(labels, np.int32) if mask_outside else None,
+                       ids=ids if mask_outside else None), present  # fmt: skip
+
+
 class Embedder:
     """Run a feature module over crops in mini-batches: ``embed((N, C, h, w)) -> (N, D)`` float32.
 
@@ -467,19 +500,54 @@ class Embedder:
             raise ValueError(f"crops must be (N, C, h, w), got shape {crops.shape}")
         if len(crops) == 0:
             return np.zeros((0, self.dim(crops.shape[1:])), np.float32)
-        cuda = self.device.type == "cuda"
         host = torch.from_numpy(np.ascontiguousarray(crops))
-        if cuda:
+        if self.device.type == "cuda":
             host = host.pin_memory()
+        return self._forward(host.to(self.device, non_blocking=True))
+
+    def embed_windows(self, sites: Sequence[SiteWindows], size: int, *, eps: float = 1e-6) -> list[np.ndarray]:
+        """Embeddings ``(n, D)`` of each site's present cells, the crops cut and normalized on this
+        embedder's device: the same windows and numbers as :func:`cell_crops` then
+        :func:`normalize_crops` on the CPU, but only the site's planes travel to the device."""
+        size = int(size)
+        cuda = self.device.type == "cuda"
+        windows = []
+        with torch.inference_mode():
+            for site in sites:
+                if not len(site.corners):
+                    continue
+                pixels = torch.from_numpy(np.ascontiguousarray(site.pixels, np.float32))
+                pixels = (pixels.pin_memory() if cuda else pixels).to(self.device, non_blocking=True)
+                padded = nn.functional.pad(pixels, (size, size, size, size))
+                offsets = torch.arange(size, device=self.device)
+                corners = torch.from_numpy(site.corners).to(self.device)
+                ys = (corners[:, 0, None] + offsets)[:, :, None]
+                xs = (corners[:, 1, None] + offsets)[:, None, :]
+                cut = padded[:, ys, xs].permute(1, 0, 2, 3)  # (n, C, size, size)
+                if site.labels is not None:
+                    labels = nn.functional.pad(torch.from_numpy(site.labels).to(self.device), (size, size, size, size))
+                    ids = torch.from_numpy(site.ids).to(self.device)
+                    cut = cut * (labels[ys, xs] == ids[:, None, None])[:, None]
+                mean = torch.from_numpy(np.asarray(site.mean, np.float32)).to(self.device)[:, None, None]
+                std = torch.from_numpy(np.maximum(np.asarray(site.std, np.float32), eps)).to(self.device)[:, None, None]
+                windows.append((cut - mean) / std)
+        counts = [len(site.corners) for site in sites]
+        if not windows:
+            return [np.zeros((0, self._dim or 0), np.float32) for _ in sites]
+        vectors = self._forward(torch.cat(windows))
+        return list(np.split(vectors, np.cumsum(counts)[:-1]))
+
+    def _forward(self, crops: torch.Tensor) -> np.ndarray:
+        """The network over ``crops`` (already on the device) in mini-batches, one copy back."""
         out = []
         with (torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True),
               torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)):  # fmt: skip
             for start in range(0, len(crops), self.batch_size):
-                batch = host[start : start + self.batch_size].to(self.device, non_blocking=True)
-                if cuda:
+                batch = crops[start : start + self.batch_size]
+                if self.device.type == "cuda":
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 out.append(_pooled(self.module(batch)).float())
-            result = torch.cat(out).cpu().numpy()  # one copy back (and one wait) per call
+            result = torch.cat(out).cpu().numpy()
         self._dim = result.shape[1]
         return result
 

@@ -410,3 +410,31 @@ def test_precision_and_batch_size_settings():
         E.EmbedConfig.from_table({"batch_size": -1})
     assert E.resolve_precision("auto", torch.device("cpu")) is None
     assert E.resolve_precision("fp16", torch.device("cpu")) is torch.float16
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("mask_outside", [False, True])
+def test_windows_cut_on_the_device_give_the_cpu_crops_embeddings(real_sites, mask_outside):
+    """Embedder.embed_windows (crops cut and normalized where the network runs, only the planes
+    travel) gives the numbers of cell_crops + normalize_crops + embed on the CPU, cells absent from
+    the labels left out, several sites in one call."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    from cellfeat.images import load_site
+
+    sites = []
+    for _, paths in real_sites[:2]:
+        pixels = load_site(paths)[:, :192, :192]
+        smooth = ndi.gaussian_filter(pixels[0], 2)
+        labels, _ = ndi.label(smooth > threshold_otsu(smooth))
+        labels[labels == 2] = 0  # a label without pixels
+        sites.append((pixels, labels.astype(np.int32)))
+    embedder = E.EmbedConfig(device="cpu", batch_size=16).embedder(E.RXRX1_COLORS)
+    stats = E.pooled_stats(p for p, _ in sites)
+    want = E.embed_sites(embedder, sites, crop_size=48, mask_outside=mask_outside, normalization=E.Normalization.GIVEN, stats=stats)
+    windows = [E.site_windows(p, lab, 48, mask_outside=mask_outside, stats=stats) for p, lab in sites]
+    got = embedder.embed_windows([w for w, _ in windows], 48)
+    for (_, present), vectors, table in zip(windows, got, want):
+        assert not present[1] and len(vectors) == present.sum() > 3
+        np.testing.assert_allclose(vectors, table.drop(columns=E.OBJECT_NUMBER).to_numpy()[present], rtol=1e-5, atol=1e-6)
