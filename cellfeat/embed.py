@@ -533,7 +533,8 @@ class Embedder:
                 windows.append((cut - mean) / std)
         counts = [len(site.corners) for site in sites]
         if not windows:
-            return [np.zeros((0, self._dim or 0), np.float32) for _ in sites]
+            dim = self.dim((sites[0].pixels.shape[0], size, size)) if sites else 0
+            return [np.zeros((0, dim), np.float32) for _ in sites]
         vectors = self._forward(torch.cat(windows))
         return list(np.split(vectors, np.cumsum(counts)[:-1]))
 

@@ -3,7 +3,15 @@
 Where Cellpose or the CNN embeddings run on a GPU and ``--jobs`` is above 1, each worker holding
 its own copy of the networks would load them ``jobs`` times into one GPU's memory and feed it
 a few sites at a time. Instead the main process holds the networks and runs them batched across
-units, and the workers do the rest. A unit goes:
+units, and the workers do the rest.
+
+With the classical segmenter (:func:`run_pipelined`), the main process does no per-site CPU work:
+each worker loads a unit's sites once, segments them, sends each site's planes and its cells'
+window corners to the device stage on one bounded queue (``[extract] device_queue`` units: a full
+queue makes the workers wait, so memory stays flat), measures the features while the device stage
+cuts, normalizes and embeds the crops of several workers' units in one batch, then merges the
+embeddings it gets back, aggregates and writes. With Cellpose on the GPU a unit goes
+(:func:`run_with_device_stages`):
 
 1. classical segmentation (CPU) in a worker (:func:`~pipelines.extract_unit.segment_unit`);
    with Cellpose this step is left to 2;
@@ -22,12 +30,15 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import queue
+import time
 import traceback
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from cellfeat.device import resolve_device
-from pipelines.extract_unit import CLOCK, Context, Unit, UnitResult, run_unit, segment_unit, stage_units
+from pipelines.extract_unit import (CLOCK, Context, DeviceLink, Unit, UnitResult, _embedder, patient, run_unit,
+                                    segment_unit, set_device_link, stage_units)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +139,100 @@ def run_with_device_stages(units: list[Unit], ctx: Context, *, jobs: int, batch_
                         result.seconds += seconds
                     finish(unit, result)
     return results, CLOCK.take()
+
+
+# crops the device stage gathers from the queue before it runs the network (in mini-batches of
+# [embed] batch_size): enough to keep a GPU busy, few enough to keep the main process small
+DEVICE_BATCH_CROPS = 8192
+
+
+def _device_worker(ctx: Context, index: int, tasks, requests, replies, results) -> None:
+    """A worker process of :func:`run_pipelined`: whole units, the embeddings asked of the main process."""
+    set_device_link(DeviceLink(index, requests, replies))
+    while True:
+        unit = patient(tasks.get)
+        if unit is None:
+            return
+        results.put(run_unit(unit, ctx))
+
+
+def run_pipelined(units: list[Unit], ctx: Context, *, jobs: int, queue_units: int,
+                  progress) -> tuple[list[UnitResult], dict[str, float]]:  # fmt: skip
+    """Run ``units`` on ``jobs`` workers that do every CPU stage, the CNN here on the device, fed
+    from a queue of at most ``queue_units`` units' windows. Returns the results and this process's
+    seconds per stage (``embed``: the device stage, crops cut on the device included)."""
+    mp = multiprocessing.get_context("spawn")
+    tasks, results_q, requests = mp.Queue(), mp.Queue(), mp.Queue(maxsize=max(1, queue_units))
+    replies = [mp.Queue() for _ in range(jobs)]
+    workers = [mp.Process(target=_device_worker, args=(ctx, i, tasks, requests, replies[i], results_q), daemon=True)
+               for i in range(jobs)]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    for unit in units:
+        tasks.put(unit)
+    for _ in workers:
+        tasks.put(None)
+    by_name = {u.name: u for u in units}
+    CLOCK.take()
+    embedder = _embedder(ctx)[1] if ctx.embed else None
+    size = ctx.settings.embed.crop_size
+    log.info("embeddings in the main process on %s (batches of up to %d crops from a queue of %d units); every other "
+             "stage on %d worker processes, each site loaded once", embedder.device if embedder else "-", DEVICE_BATCH_CROPS,
+             queue_units, jobs)  # fmt: skip
+    results: list[UnitResult] = []
+    try:
+        while len(results) < len(units):
+            while True:
+                try:
+                    result = results_q.get_nowait()
+                except queue.Empty:
+                    break
+                results.append(result)
+                progress.update(len(by_name[result.unit].sites))
+            try:
+                batch = [requests.get(timeout=0.05)]
+            except queue.Empty:
+                dead = [w for w in workers if w.exitcode not in (None, 0)]
+                if dead and len(results) < len(units):
+                    _collect(results_q, results, progress, by_name, wait=1.0)
+                    done = {r.unit for r in results}
+                    code = dead[0].exitcode
+                    results += [UnitResult(u.name, error=f"a worker process died (exit code {code}); rerun to resume")
+                                for u in units if u.name not in done]  # fmt: skip
+                    break
+                continue
+            crops = sum(len(w.corners) for w in batch[0][2])
+            while crops < DEVICE_BATCH_CROPS:
+                try:
+                    batch.append(requests.get_nowait())
+                except queue.Empty:
+                    break
+                crops += sum(len(w.corners) for w in batch[-1][2])
+            with CLOCK("embed"):
+                try:
+                    vectors = embedder.embed_windows([w for _, _, windows in batch for w in windows], size)
+                    answers, start = [], 0
+                    for _, _, windows in batch:
+                        answers.append(vectors[start : start + len(windows)])
+                        start += len(windows)
+                except Exception as exc:  # every unit of the batch fails with it; the run lists them
+                    answers = [f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"] * len(batch)
+            for (index, request, _), answer in zip(batch, answers):
+                replies[index].put((request, answer))
+    finally:
+        for worker in workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.terminate()
+    return results, CLOCK.take()
+
+
+def _collect(results_q, results: list, progress, by_name: dict, *, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            result = results_q.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        results.append(result)
+        progress.update(len(by_name[result.unit].sites))

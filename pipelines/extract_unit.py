@@ -81,7 +81,7 @@ class UnitResult:
 
 # --------------------------------------------------------------------------- where the time goes
 
-STAGES = ("load", "segment", "embed", "features", "aggregate", "write")
+STAGES = ("load", "segment", "embed", "features", "wait", "aggregate", "write")  # wait: for the device stage's reply
 
 
 class StageClock:
@@ -140,6 +140,91 @@ def _embedder(ctx: Context):
     if key not in _STATE:
         _STATE[key] = cfg.embedder(colors)
     return cfg, _STATE[key]
+
+
+# --------------------------------------------------------------------------- a worker's line to the device stage
+
+
+@dataclass
+class DeviceLink:
+    """How a worker reaches the device stage in the main process (:mod:`pipelines.extract_device`):
+    it sends a unit's crop windows on ``requests`` (one bounded queue for all workers: a full queue
+    makes workers wait, so nothing piles up) and gets the embeddings back on its own ``replies``."""
+
+    index: int
+    requests: object  # multiprocessing.Queue of (index, request id, [SiteWindows])
+    replies: object  # multiprocessing.Queue of (request id, [vectors] or an error message)
+    sent: int = 0
+
+
+_LINK: DeviceLink | None = None
+
+
+def orphaned() -> bool:
+    """Whether this process's parent (the run's main process) is gone: a device-stage worker then
+    stops instead of waiting on queues no one serves (a killed run leaves no process behind)."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    return parent is not None and not parent.is_alive()
+
+
+def patient(call, *args):
+    """``call(*args, timeout=1)`` again and again (a queue's get or put) until it works; exits the
+    process if the main process died meanwhile."""
+    import queue
+
+    while True:
+        try:
+            return call(*args, timeout=1.0)
+        except (queue.Empty, queue.Full):
+            if orphaned():
+                os._exit(1)
+
+
+def set_device_link(link: DeviceLink | None) -> None:
+    """Make this process a device-stage worker: its embeddings are computed by the main process."""
+    global _LINK
+    _LINK = link
+
+
+@dataclass
+class PendingEmbeddings:
+    """A unit's embeddings asked of the device stage; :meth:`tables` waits for them."""
+
+    request: int
+    presents: list[np.ndarray]
+    name: str
+
+    def tables(self) -> list[pd.DataFrame]:
+        from cellfeat.embed import embedding_table
+
+        with CLOCK("wait"):
+            while True:
+                request, answer = patient(_LINK.replies.get)
+                if request == self.request:
+                    break
+        if isinstance(answer, str):
+            raise RuntimeError(f"the device stage failed: {answer}")
+        out = []
+        for present, vectors in zip(self.presents, answer):
+            rows = np.full((len(present), vectors.shape[1]), np.nan, np.float32)
+            rows[present] = vectors
+            out.append(embedding_table(rows, [f"Embedding_{self.name}_{i:04d}" for i in range(vectors.shape[1])]))
+        return out
+
+
+def _ask_device(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple | None) -> PendingEmbeddings:
+    from cellfeat.embed import EmbedError, Normalization, backbone_label, site_windows
+
+    cfg = ctx.settings.embed
+    if cfg.normalization is Normalization.GIVEN and stats is None:
+        raise EmbedError("normalization 'given' needs the plate's (mean, std) per channel")
+    made = [site_windows(px, seg.cells, cfg.crop_size, mask_outside=cfg.mask_outside,
+                         stats=None if cfg.normalization is Normalization.SITE else stats) for px, seg in zip(pixels, segs)]  # fmt: skip
+    _LINK.sent += 1
+    patient(_LINK.requests.put, (_LINK.index, _LINK.sent, [w for w, _ in made]))
+    return PendingEmbeddings(_LINK.sent, [p for _, p in made], cfg.name or backbone_label(cfg.backbone))
 
 
 # --------------------------------------------------------------------------- the work
@@ -222,7 +307,7 @@ class Staged:
 
     keys: list[SiteRecord]
     segmentations: list
-    embeddings: list[pd.DataFrame | None]
+    embeddings: list[pd.DataFrame | None] | PendingEmbeddings  # pending: asked of the device stage
     failures: list[dict]
     pixels: list[np.ndarray] | None = None
 
@@ -241,10 +326,14 @@ def load_unit(unit: Unit, ctx: Context) -> tuple[list[SiteRecord], list[np.ndarr
     return records, pixels, failures
 
 
-def embed_staged(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple | None) -> list[pd.DataFrame | None]:
-    """CNN embeddings of every cell of the given sites of one plate, in shared mini-batches."""
+def embed_staged(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple | None) -> list[pd.DataFrame | None] | PendingEmbeddings:
+    """CNN embeddings of every cell of the given sites of one plate, in shared mini-batches; in a
+    device-stage worker, the request for them (the main process's device stage computes them)."""
     if not ctx.embed or not pixels:
         return [None] * len(pixels)
+    if _LINK is not None:
+        with CLOCK("embed"):
+            return _ask_device(ctx, pixels, segs, stats)
     from cellfeat.embed import embed_sites
 
     with CLOCK("embed"):
@@ -271,6 +360,11 @@ def stage_units(units: list[Unit], ctx: Context, segmentations: list[list] | Non
         if len(segs) != len(pixels):
             raise ValueError(f"{len(segs)} segmentations for {len(pixels)} loaded sites; a site's files changed meanwhile?")
     embeddings = embed_staged(ctx, pixels, segs, units[0].stats)
+    if isinstance(embeddings, PendingEmbeddings):
+        if len(units) != 1:
+            raise ValueError("a device-stage worker stages one unit at a time")
+        keys, pxs, failures = loaded[0]
+        return [Staged(keys, segs, embeddings, failures, pixels=pxs)]
     staged, start = [], 0
     for keys, pxs, failures in loaded:
         stop = start + len(keys)
@@ -293,21 +387,25 @@ def measure_unit(unit: Unit, ctx: Context, staged: Staged) -> tuple[pd.DataFrame
     and the sites it skipped."""
     failures = list(staged.failures)
     pixels = staged.pixels if staged.pixels is not None else [_load(r, ctx, failures) for r in staged.keys]
-    tables, measured = [], []
-    for record, px, seg, embedded in zip(staged.keys, pixels, staged.segmentations, staged.embeddings):
+    measured_tables, measured = [], []
+    for i, (record, px, seg) in enumerate(zip(staged.keys, pixels, staged.segmentations)):
         if px is None:  # unreadable on the reload (skip_bad): recorded by _load
             continue
         try:
-            table = _site_table(record, seg, px, ctx)
+            measured_tables.append((i, _site_table(record, seg, px, ctx)))
         except (ValueError, FloatingPointError) as exc:
             if not ctx.skip_bad:
                 raise RuntimeError(f"{record.key}: features failed: {exc}") from exc
             failures.append(_failure(record.key, "features", exc))
             continue
-        if embedded is not None:
-            table = table.merge(embedded, on="Metadata_ObjectNumber", how="left", validate="one_to_one")
-        tables.append(table)
         measured.append(record.key)
+    # the device stage worked on the embeddings meanwhile
+    embeddings = staged.embeddings.tables() if isinstance(staged.embeddings, PendingEmbeddings) else staged.embeddings
+    tables = []
+    for i, table in measured_tables:
+        if embeddings[i] is not None:
+            table = table.merge(embeddings[i], on="Metadata_ObjectNumber", how="left", validate="one_to_one")
+        tables.append(table)
     cells = pd.concat(tables, ignore_index=True) if tables else empty_cells(unit)
     # features and embeddings are float32 already; recasting all of them (cells[f] = ...) would
     # split the frame into one block a column and make every later step pay for thousands

@@ -192,6 +192,9 @@ class ExtractSettings:
     # stages in the workers; "workers" = every worker runs every stage; "auto" = "main" when one of them
     # is on a GPU (pipelines/extract_device.py)
     device_stages: str = "auto"
+    # units whose crop windows may wait for the device stage at once (0 = 2 x --jobs); a full queue
+    # makes the workers wait, so the main process's memory does not grow with the plate
+    device_queue: int = 0
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,8 @@ def _extract(config: dict) -> ExtractSettings:
     bad = [a for a in out.aggregate if a not in AGGREGATES]
     if bad or not out.aggregate:
         raise SettingsError(f"[extract] aggregate must be some of {AGGREGATES}, got {list(out.aggregate)}")
+    if out.device_queue < 0:
+        raise SettingsError(f"[extract] device_queue must be 0 (2 x --jobs) or more, got {out.device_queue}")
     if out.device_stages not in DEVICE_STAGES:
         raise SettingsError(f"[extract] device_stages must be one of {DEVICE_STAGES}, got {out.device_stages!r}")
     return out

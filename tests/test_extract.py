@@ -308,3 +308,37 @@ def test_the_time_summary_adds_up():
     assert line.startswith("40 sites in 20.0 s (2.00 sites/s)")
     assert "load 0.100, embed 0.100, features 0.500" in line  # core-seconds a site, in pipeline order
     assert "workers busy 75% of 2 x 20.0 s" in line and "main process (device stages) busy 20% (embed 4.0 s)" in line
+
+
+def test_a_killed_run_with_the_device_stage_in_the_main_process_resumes_exactly(dataset, tmp_path):
+    """device_stages = "main" with the classical segmenter (the GPU path: workers do every CPU stage,
+    the CNN runs in the main process): killed after its first unit, no worker lives on, and the
+    rerun writes the tables of an uninterrupted run."""
+    config = tmp_path / "main.toml"
+    config.write_text(EMBED.replace("[extract]\n", '[extract]\ndevice_stages = "main"\ndevice_queue = 1\n'))
+    argv = ["extract", "--data-root", str(dataset / "data"), "--metadata", str(dataset / "data"), "--experiment", "U2OS-01",
+            "--config", str(config), "--jobs", "2", "--segmenter", "classical"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "clean")]) == 0
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv, "--out", str(out)],
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    parts = out / "cells" / "U2OS-01" / ".Plate1.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("*.cells.parquet")):
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(parts.glob("*.cells.parquet")) and not (out / "wells" / "U2OS-01.parquet").exists()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
+        time.sleep(0.2)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    assert not alive, f"worker processes {alive} outlived the killed run"
+    assert main([*argv, "--out", str(out)]) == 0
+    for kind in ("wells", "sites"):
+        got, want = pd.read_parquet(out / kind / "U2OS-01.parquet"), pd.read_parquet(tmp_path / "clean" / kind / "U2OS-01.parquet")
+        embedding = [c for c in want.columns if "Embedding_" in c]
+        assert embedding and list(got.columns) == list(want.columns)
+        pd.testing.assert_frame_equal(got.drop(columns=embedding), want.drop(columns=embedding))
+        np.testing.assert_allclose(got[embedding], want[embedding], rtol=1e-4, atol=1e-5)
