@@ -169,6 +169,7 @@ class Timing:
     workers: dict[str, float] = field(default_factory=dict)
     main: dict[str, float] = field(default_factory=dict)
     worker_busy: float = 0.0  # summed wall seconds of the units' tasks
+    outside: dict[str, float] = field(default_factory=dict)  # the main process's steps around the units: plan, merge, profiles
     processes: int | None = 1  # processes that ran units (None: a Dask cluster's, not counted)
 
     def add(self, other: Timing) -> None:
@@ -176,7 +177,7 @@ class Timing:
         self.sites += other.sites
         self.worker_busy += other.worker_busy
         self.processes = None if None in (self.processes, other.processes) else max(self.processes, other.processes)
-        for mine, theirs in ((self.workers, other.workers), (self.main, other.main)):
+        for mine, theirs in ((self.workers, other.workers), (self.main, other.main), (self.outside, other.outside)):
             for stage, seconds in theirs.items():
                 mine[stage] = mine.get(stage, 0.0) + seconds
 
@@ -192,6 +193,8 @@ class Timing:
         if self.main:
             where = ", ".join(f"{s} {v:.1f} s" for s, v in self.main.items())
             line += f"; main process (device stages) busy {sum(self.main.values()) / self.wall:.0%} ({where})"
+        if self.outside:
+            line += "; around the units: " + ", ".join(f"{s} {v:.1f} s" for s, v in self.outside.items())
         return line
 
 
@@ -341,6 +344,7 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
     """Every plate of ``experiment`` this run can lock: units, plates, then its profile tables."""
     settings = ctx.settings
     names = settings.channels.names
+    planning = time.perf_counter()
     exp = sites.select(experiment=experiment)
     cell_types = {}
     if "Metadata_CellType" in exp.wells.columns:
@@ -383,12 +387,15 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
         log.info("%s: %d plates (%d locked by another run), %d sites; %d units to do, %d already done%s", experiment,
                  len(by_plate), len(busy), sum(len(by_plate[p]) for p in units), len(todo), skipped,
                  f" (finished plates: {', '.join(map(str, done_plates))})" if done_plates else "")  # fmt: skip
+        planned = time.perf_counter() - planning
         progress = Progress(sum(len(u.sites) for u in todo), experiment)
         try:
             results, timing = execute(todo, ctx, jobs=args.jobs, dask=args.dask, progress=progress,
                                       device_stages=settings.extract.device_stages)  # fmt: skip
         finally:
             progress.close()
+        timing.outside["plan"] = planned
+        merging = time.perf_counter()
         failures = []
         for plate, plate_units in units.items():
             if plate_units and all(Path(u.cells_part).is_file() for u in plate_units):
@@ -398,6 +405,7 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
                     raise ExtractError(f"cannot write the tables of {experiment} {plate_stem(plate)} under {out} "
                                        f"({type(exc).__name__}: {exc}). Free disk space or fix the folder's "
                                        "permissions, then rerun: the plate's finished units are kept") from exc  # fmt: skip
+        timing.outside["merge"] = time.perf_counter() - merging
     finally:
         for lock in held:
             lock.release()
@@ -411,8 +419,10 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
             for leftover in [*(out / k / f".{experiment}.parquet" for k in PROFILES), out / "failures" / f".{experiment}.csv"]:
                 for f in leftover.parent.glob(f"{leftover.name}.*.part"):  # of a killed run: no one writes them now
                     f.unlink(missing_ok=True)
+            writing = time.perf_counter()
             paths = [write_profiles(out, kind, experiment, exp.wells, ctx.provenance) for kind in PROFILES]
             failure_file = write_failures(out, experiment)
+            timing.outside["profiles"] = time.perf_counter() - writing
     except OSError as exc:
         raise ExtractError(f"cannot write the profile tables of {experiment} under {out} ({type(exc).__name__}: {exc}). "
                            "Free disk space or fix the folder's permissions, then rerun: finished plates are kept") from exc  # fmt: skip
@@ -462,7 +472,7 @@ def run(args) -> int:
     timing = Timing()
     for d in done:
         timing.add(d["timing"])
-    log.info("where the time went: %s", timing.summary())
+    log.info("where the time went: %s; the whole command %.1f s", timing.summary(), time.perf_counter() - start)
     for d in done:
         if d["failure_file"]:
             log.warning("skipped sites and why: %s", d["failure_file"])
