@@ -86,7 +86,7 @@ def plate_stats(records: Sequence[SiteRecord], channels: Sequence[str], *, skip:
 
     Sites in ``skip`` (known bad) are passed over, and so is a site that fails to load; returns
     ``(None, errors)`` only when no site of the plate can be read."""
-    from cellfeat.embed import pooled_stats
+    from cellfeat.crops import pooled_stats
 
     candidates = [r for r in records if r not in skip]
     order = list(np.linspace(0, len(candidates) - 1, min(n, len(candidates))).astype(int)) if candidates else []

@@ -36,7 +36,6 @@ import traceback
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-from cellfeat.device import resolve_device
 from pipelines.extract_unit import (CLOCK, Context, DeviceLink, Unit, UnitResult, _embedder, patient, run_unit,
                                     segment_unit, set_device_link, stage_units)  # fmt: skip
 
@@ -47,6 +46,8 @@ MODES = ("auto", "main", "workers")
 
 def gpu_stages(ctx: Context) -> list[str]:
     """The stages of this run that would run on a CUDA device."""
+    from cellfeat.device import resolve_device  # torch: the workers, which import this module, never need it
+
     stages = []
     if ctx.segmenter == "cellpose" and resolve_device(ctx.settings.segment.cellpose.device).type == "cuda":
         stages.append("Cellpose")

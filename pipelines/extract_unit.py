@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 import traceback
 from contextlib import contextmanager
@@ -117,12 +118,9 @@ def _single_threaded() -> None:
     on two cores ran slower than one."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    _STATE["single_threaded"] = True
+    if "torch" in sys.modules:  # else torch is imported only where it is used (_embedder), and set there
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _segmenter(ctx: Context):
@@ -139,6 +137,8 @@ def _embedder(ctx: Context):
     key = f"embed:{cfg!r}:{colors!r}"
     if key not in _STATE:
         _STATE[key] = cfg.embedder(colors)
+        if _STATE.get("single_threaded"):
+            sys.modules["torch"].set_num_threads(1)
     return cfg, _STATE[key]
 
 
@@ -197,7 +197,7 @@ class PendingEmbeddings:
     name: str
 
     def tables(self) -> list[pd.DataFrame]:
-        from cellfeat.embed import embedding_table
+        from cellfeat.crops import embedding_table
 
         with CLOCK("wait"):
             while True:
@@ -215,7 +215,8 @@ class PendingEmbeddings:
 
 
 def _ask_device(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple | None) -> PendingEmbeddings:
-    from cellfeat.embed import EmbedError, Normalization, backbone_label, site_windows
+    from cellfeat.crops import site_windows
+    from cellfeat.embed_config import EmbedError, Normalization, backbone_label
 
     cfg = ctx.settings.embed
     if cfg.normalization is Normalization.GIVEN and stats is None:

@@ -19,7 +19,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 
-from cellfeat.embed import EmbedConfig
+from cellfeat.embed_config import EmbedConfig
 from cellfeat.errors import ConfigError
 from cellfeat.layout import channel_name
 from cellfeat.segment.classical import CellParams, NucleiParams

@@ -342,3 +342,23 @@ def test_a_killed_run_with_the_device_stage_in_the_main_process_resumes_exactly(
         assert embedding and list(got.columns) == list(want.columns)
         pd.testing.assert_frame_equal(got.drop(columns=embedding), want.drop(columns=embedding))
         np.testing.assert_allclose(got[embedding], want[embedding], rtol=1e-4, atol=1e-5)
+
+
+def test_a_device_stage_worker_does_not_import_torch(tmp_path):
+    """What a spawned worker of the device path loads (its module, the pickled context, the crop
+    windows it makes) needs no torch: workers start faster and smaller (issue 25)."""
+    import pickle
+
+    from pipelines.config import load_config
+    from pipelines.extract_unit import Context
+    from pipelines.settings import rxrx1_settings
+
+    ctx = Context(settings=rxrx1_settings(load_config(rxrx1=True)), segmenter="classical", embed=True, skip_bad=False, provenance={})
+    (tmp_path / "ctx.pickle").write_bytes(pickle.dumps(ctx))
+    code = ("import pickle, sys, numpy as np; import pipelines.extract_device, pipelines.extract_unit; "
+            f"ctx = pickle.loads(open({str(tmp_path / 'ctx.pickle')!r}, 'rb').read()); "
+            "from cellfeat.crops import site_windows; from cellfeat.embed_config import backbone_label; "
+            "site_windows(np.zeros((6, 8, 8), np.float32), np.ones((8, 8), np.int32), 4, mask_outside=False, stats=None); "
+            "print('torch' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
