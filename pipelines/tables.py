@@ -34,6 +34,14 @@ def _replacing(path: Path):
         raise
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth Parquet's dictionary encoding: all but the floating-point ones. Feature
+    values rarely repeat, so a dictionary only costs time and space before the writer gives up on
+    it: merging a plate's unit files without dictionaries for them was 1.3-1.4x faster, the file
+    the same size or smaller (random and real RxRx1 feature columns, 2026-12-04)."""
+    return [f.name for f in schema if not pa.types.is_floating(f.type)]
+
+
 def write_parquet(table: pd.DataFrame, path: str | Path, provenance: dict | None = None) -> Path:
     """Write ``table`` to a temporary name, then rename: a killed job leaves no half file."""
     path = Path(path)
@@ -42,7 +50,7 @@ def write_parquet(table: pd.DataFrame, path: str | Path, provenance: dict | None
     if provenance is not None:
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance).encode()})
     with _replacing(path) as tmp:
-        pq.write_table(arrow, tmp)
+        pq.write_table(arrow, tmp, use_dictionary=dictionary_columns(arrow.schema))
     return path
 
 
@@ -89,7 +97,7 @@ def concat_parquet(parts: Sequence[Path], path: str | Path, provenance: dict | N
             writer.write_table(table, row_group_size=max(len(table), 1))
             pending.clear()
 
-    with _replacing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with _replacing(path) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=dictionary_columns(schema)) as writer:
         for part in parts:
             table = pq.read_table(part)
             # by position: Table.column(name) scans the names, quadratic over thousands of columns

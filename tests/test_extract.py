@@ -362,3 +362,12 @@ def test_a_device_stage_worker_does_not_import_torch(tmp_path):
             "print('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_feature_columns_are_written_without_dictionaries(reference):
+    """Metadata columns keep Parquet's dictionary encoding, float feature columns skip it (tables.dictionary_columns)."""
+    meta = pq.ParquetFile(reference / "cells" / "U2OS-01" / "Plate1.parquet").metadata
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    encodings = {name: meta.row_group(0).column(i).encodings for i, name in enumerate(names)}
+    assert any("DICTIONARY" in e or "RLE_DICTIONARY" in e for e in encodings["Metadata_Well"])
+    assert not any("DICTIONARY" in e for e in encodings["Nuclei_AreaShape_Area"])
