@@ -310,6 +310,7 @@ def test_the_time_summary_adds_up():
     assert "workers busy 75% of 2 x 20.0 s" in line and "main process (device stages) busy 20% (embed 4.0 s)" in line
 
 
+@pytest.mark.slow  # ~23 s: a clean run, a killed one and its rerun
 def test_a_killed_run_with_the_device_stage_in_the_main_process_resumes_exactly(dataset, tmp_path):
     """device_stages = "main" with the classical segmenter (the GPU path: workers do every CPU stage,
     the CNN runs in the main process): killed after its first unit, no worker lives on, and the

@@ -17,6 +17,7 @@ def _images(page) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', page.read_text())
 
 
+@pytest.mark.slow  # the tiny demo fixture: ~80 s on 2 cores
 def test_demo_report_references_every_figure(tiny_demo):
     page = tiny_demo / "report" / "index.html"
     names = _images(page)
