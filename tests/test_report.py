@@ -27,6 +27,7 @@ def test_demo_report_references_every_figure(tiny_demo):
     assert 'class="skipped"' not in page.read_text()  # images, model and controls are all there
 
 
+@pytest.mark.slow  # the tiny demo fixture: ~80 s on 2 cores
 def test_demo_report_pngs_are_real_pictures(tiny_demo):
     folder = tiny_demo / "report"
     for name in _images(folder / "index.html"):
@@ -41,6 +42,7 @@ def test_demo_report_pngs_are_real_pictures(tiny_demo):
         assert len(np.unique(packed)) > 50, f"{name} has too few colours"
 
 
+@pytest.mark.slow  # the tiny demo fixture: ~80 s on 2 cores
 def test_sample_sites_are_resegmented_like_the_tables(tiny_demo):
     # each sample-site title compares the fresh segmentation with the cell table
     text = (tiny_demo / "report" / "index.html").read_text()
@@ -50,6 +52,7 @@ def test_sample_sites_are_resegmented_like_the_tables(tiny_demo):
     assert (sites == [0, 255, 255]).all(-1).sum() > 500
 
 
+@pytest.mark.slow  # the tiny demo fixture: ~80 s on 2 cores
 def test_report_without_images_says_why(tiny_demo, tmp_path):
     page = tmp_path / "one" / "index.html"
     assert main(["report", "--out", str(tiny_demo / "tables"), "--experiment", "RPE-01", "--html", str(page)]) == 0
@@ -70,6 +73,7 @@ def test_report_on_a_folder_without_tables_names_the_fix(tmp_path, caplog):
     assert f"did you mean --out {tmp_path / 'tables'}" in caplog.text
 
 
+@pytest.mark.slow  # the tiny demo fixture: ~80 s on 2 cores
 def test_report_with_a_model_folder_without_fit_names_the_fix(tiny_demo, tmp_path, caplog):
     argv = ["report", "--out", str(tiny_demo / "tables"), "--model", str(tmp_path), "--html", str(tmp_path / "x.html")]
     assert main(argv) == 2
