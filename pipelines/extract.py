@@ -141,6 +141,7 @@ class Progress:
         self.total, self.done, self.start, self.last_log = total, 0, time.perf_counter(), 0.0
         self.bar = tqdm(total=total, unit="site", desc=label) if sys.stderr.isatty() else None
         self.label = label
+        self.on_unit = None  # called with each unit's result as it arrives
 
     def update(self, n: int) -> None:
         self.done += n
@@ -153,6 +154,12 @@ class Progress:
             rate = self.done / now if now > 0 else 0.0
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
             log.info("%s: %d/%d sites, %.2f sites/s, ETA %.0f s", self.label, self.done, self.total, rate, eta)
+
+    def unit_finished(self, result: UnitResult, sites: int) -> None:
+        """A unit finished (or failed): count its sites, tell the listener (the plate merger)."""
+        self.update(sites)
+        if self.on_unit is not None:
+            self.on_unit(result)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -232,12 +239,12 @@ def _execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pr
             futures = {client.submit(run_unit, u, ctx, pure=False): u for u in units}
             for future in as_completed(list(futures)):
                 results.append(future.result())
-                progress.update(len(futures[future].sites))
+                progress.unit_finished(results[-1], len(futures[future].sites))
         return results, {}
     if jobs <= 1:
         for u in units:
             results.append(run_unit(u, ctx))
-            progress.update(len(u.sites))
+            progress.unit_finished(results[-1], len(u.sites))
         return results, {}
     from joblib import Parallel, delayed
 
@@ -245,11 +252,69 @@ def _execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pr
     runner = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered", inner_max_num_threads=1)
     for result in runner(delayed(run_unit)(u, ctx) for u in units):
         results.append(result)
-        progress.update(len(by_name[result.unit].sites))
+        progress.unit_finished(result, len(by_name[result.unit].sites))
     return results, {}
 
 
 # --------------------------------------------------------------------------- finishing
+
+
+class PlateMerger:
+    """Merges each plate's unit files (:func:`finish_plate`) on a background thread as soon as the
+    plate's last unit is written, while the units of the next plates run; pyarrow reads and writes
+    without holding the GIL. :meth:`finish` merges what is left and returns the failure rows."""
+
+    def __init__(self, out: Path, experiment: str, units: dict, provenance: dict):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.out, self.experiment, self.units, self.provenance = out, experiment, units, provenance
+        self.waiting = {plate: {u.name for u in us if not Path(u.cells_part).is_file()} for plate, us in units.items() if us}
+        self.plate_of = {u.name: plate for plate, us in units.items() for u in us}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plate-merge")
+        self.merging: dict = {}
+        self.seconds = 0.0
+
+    def unit_done(self, result: UnitResult) -> None:
+        plate = self.plate_of.get(result.unit)
+        if plate is None or plate not in self.waiting:
+            return
+        self.waiting[plate].discard(result.unit)
+        if not self.waiting[plate] and self._complete(plate):
+            self.merging[plate] = self.pool.submit(self._merge, plate)
+
+    def _complete(self, plate) -> bool:
+        return all(Path(u.cells_part).is_file() for u in self.units[plate])
+
+    def _merge(self, plate) -> list[dict]:
+        start = time.perf_counter()
+        try:
+            return finish_plate(self.out, self.experiment, plate, self.units[plate], self.provenance)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def finish(self) -> list[dict]:
+        """Wait for the background merges, merge the complete plates not merged yet; failure rows."""
+        failures = []
+        try:
+            for plate, plate_units in self.units.items():
+                if not plate_units:
+                    continue
+                try:
+                    if plate in self.merging:
+                        failures += self.merging[plate].result()
+                    elif self._complete(plate):
+                        failures += self._merge(plate)
+                except OSError as exc:
+                    raise ExtractError(f"cannot write the tables of {self.experiment} {plate_stem(plate)} under {self.out} "
+                                       f"({type(exc).__name__}: {exc}). Free disk space or fix the folder's "
+                                       "permissions, then rerun: the plate's finished units are kept") from exc  # fmt: skip
+        finally:
+            self.close()
+        return failures
+
+    def close(self) -> None:
+        """Wait for any merge still running (the plate locks are released after this)."""
+        self.pool.shutdown(wait=True)
 
 
 def plate_file(out: Path, experiment: str, plate) -> Path:
@@ -389,23 +454,22 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
                  f" (finished plates: {', '.join(map(str, done_plates))})" if done_plates else "")  # fmt: skip
         planned = time.perf_counter() - planning
         progress = Progress(sum(len(u.sites) for u in todo), experiment)
+        merger = PlateMerger(out, experiment, units, ctx.provenance)
+        progress.on_unit = merger.unit_done
         try:
             results, timing = execute(todo, ctx, jobs=args.jobs, dask=args.dask, progress=progress,
                                       device_stages=settings.extract.device_stages)  # fmt: skip
+        except BaseException:
+            merger.close()  # a merge under way finishes before the plate locks go
+            raise
         finally:
             progress.close()
         timing.outside["plan"] = planned
         merging = time.perf_counter()
-        failures = []
-        for plate, plate_units in units.items():
-            if plate_units and all(Path(u.cells_part).is_file() for u in plate_units):
-                try:
-                    failures += finish_plate(out, experiment, plate, plate_units, ctx.provenance)
-                except OSError as exc:
-                    raise ExtractError(f"cannot write the tables of {experiment} {plate_stem(plate)} under {out} "
-                                       f"({type(exc).__name__}: {exc}). Free disk space or fix the folder's "
-                                       "permissions, then rerun: the plate's finished units are kept") from exc  # fmt: skip
-        timing.outside["merge"] = time.perf_counter() - merging
+        overlapped = merger.seconds
+        failures = merger.finish()
+        timing.outside["merge after the units"] = time.perf_counter() - merging
+        timing.outside["merge during the units"] = overlapped
     finally:
         for lock in held:
             lock.release()

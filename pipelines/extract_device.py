@@ -91,7 +91,7 @@ def run_with_device_stages(units: list[Unit], ctx: Context, *, jobs: int, batch_
 
     def finish(unit: Unit, result: UnitResult) -> None:
         results.append(result)
-        progress.update(len(unit.sites))
+        progress.unit_finished(result, len(unit.sites))
 
     here = (["Cellpose"] if not host_segments else []) + (["embeddings"] if ctx.embed else [])
     log.info("%s in the main process (on a GPU: %s), batched over ~%d sites; %s on %d worker processes",
@@ -189,7 +189,7 @@ def run_pipelined(units: list[Unit], ctx: Context, *, jobs: int, queue_units: in
                 except queue.Empty:
                     break
                 results.append(result)
-                progress.update(len(by_name[result.unit].sites))
+                progress.unit_finished(result, len(by_name[result.unit].sites))
             try:
                 batch = [requests.get(timeout=0.05)]
             except queue.Empty:
@@ -236,4 +236,4 @@ def _collect(results_q, results: list, progress, by_name: dict, *, wait: float) 
         except queue.Empty:
             continue
         results.append(result)
-        progress.update(len(by_name[result.unit].sites))
+        progress.unit_finished(result, len(by_name[result.unit].sites))

@@ -372,3 +372,18 @@ def test_feature_columns_are_written_without_dictionaries(reference):
     encodings = {name: meta.row_group(0).column(i).encodings for i, name in enumerate(names)}
     assert any("DICTIONARY" in e or "RLE_DICTIONARY" in e for e in encodings["Metadata_Well"])
     assert not any("DICTIONARY" in e for e in encodings["Nuclei_AreaShape_Area"])
+
+
+def test_plates_are_merged_in_the_background_as_their_last_unit_is_written(dataset, tmp_path, caplog):
+    """Each plate's unit files are merged on a background thread once its last unit is written (plate
+    1's while plate 2's units run); the time line gives the merging done during and after the units."""
+    import re
+
+    caplog.set_level("INFO", logger="pipelines.extract")
+    assert main(_argv(dataset, tmp_path / "out", "--jobs", "1")) == 0
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("where the time went"))
+    during = float(re.search(r"merge during the units ([0-9.]+) s", line).group(1))
+    assert during > 0.0 and "merge after the units" in line
+    for plate in (1, 2):
+        assert (tmp_path / "out" / "cells" / "U2OS-01" / f"Plate{plate}.parquet").is_file()
+        assert not (tmp_path / "out" / "cells" / "U2OS-01" / f".Plate{plate}.parts").exists()
