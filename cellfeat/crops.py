@@ -163,6 +163,24 @@ def site_windows(pixels: np.ndarray, labels: np.ndarray, size: int, *, mask_outs
                        ids=ids if mask_outside else None), present  # fmt: skip
 
 
+def embedding_columns(name: str, dim: int) -> list[str]:
+    """``Embedding_{name}_{i:04d}`` for ``i < dim``."""
+    return [f"Embedding_{name}_{i:04d}" for i in range(dim)]
+
+
+def site_tables(presents: Sequence[np.ndarray], vectors: np.ndarray, name: str) -> list[pd.DataFrame]:
+    """One embedding table per site from the present cells' vectors of all sites, concatenated in
+    site order (``(sum of present, D)``): a label without pixels gets a NaN row."""
+    dim = vectors.shape[1]
+    tables, start = [], 0
+    for present in presents:
+        rows = np.full((len(present), dim), np.nan, np.float32)
+        rows[present] = vectors[start : start + int(present.sum())]
+        start += int(present.sum())
+        tables.append(embedding_table(rows, embedding_columns(name, dim)))
+    return tables
+
+
 def embedding_table(vectors: np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
     """``Metadata_ObjectNumber`` (int64, ``1..N``) then one float32 column per embedding dimension."""
     vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, len(columns))

@@ -47,10 +47,12 @@ from cellfeat.crops import (  # noqa: F401  (re-exported: cellfeat.embed is the 
     cell_centres,
     cell_crops,
     crop_corners,
+    embedding_columns,
     embedding_table,
     normalize_crops,
     pooled_stats,
     site_stats,
+    site_tables,
     site_windows,
 )
 from cellfeat.device import resolve_device
@@ -404,7 +406,7 @@ class Embedder:
         return self._dim
 
     def columns(self, dim: int) -> list[str]:
-        return [f"Embedding_{self.name}_{i:04d}" for i in range(dim)]
+        return embedding_columns(self.name, dim)
 
 
 # --------------------------------------------------------------------------- config and sites
@@ -459,13 +461,6 @@ def embed_sites(
         return []
     # (0, D) when no site has a cell
     vectors = np.concatenate(done) if done else embedder.embed(np.zeros((0, *crop_shape), np.float32))
-    dim = vectors.shape[1]
-    tables, start = [], 0
-    for present in presents:
-        rows = np.full((len(present), dim), np.nan, np.float32)
-        rows[present] = vectors[start : start + int(present.sum())]
-        start += int(present.sum())
-        tables.append(embedding_table(rows, embedder.columns(dim)))
-    return tables
+    return site_tables(presents, vectors, embedder.name)
 
 

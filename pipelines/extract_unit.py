@@ -197,7 +197,7 @@ class PendingEmbeddings:
     name: str
 
     def tables(self) -> list[pd.DataFrame]:
-        from cellfeat.crops import embedding_table
+        from cellfeat.crops import site_tables
 
         with CLOCK("wait"):
             while True:
@@ -206,12 +206,7 @@ class PendingEmbeddings:
                     break
         if isinstance(answer, str):
             raise RuntimeError(f"the device stage failed: {answer}")
-        out = []
-        for present, vectors in zip(self.presents, answer):
-            rows = np.full((len(present), vectors.shape[1]), np.nan, np.float32)
-            rows[present] = vectors
-            out.append(embedding_table(rows, [f"Embedding_{self.name}_{i:04d}" for i in range(vectors.shape[1])]))
-        return out
+        return site_tables(self.presents, np.concatenate(answer), self.name)
 
 
 def _ask_device(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple | None) -> PendingEmbeddings:
