@@ -7,9 +7,18 @@ sees none is an error, never a silent move to the CPU.
 
 from __future__ import annotations
 
-import torch
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cellfeat.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+# what a Linux GPU runtime torch can use needs: NVIDIA's control device and driver, AMD's ROCm
+# kernel driver, WSL2's GPU paravirtualization
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
 
 DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
@@ -18,8 +27,24 @@ class DeviceError(ConfigError):
     """A device setting that names no usable device."""
 
 
+def no_gpu_possible() -> bool:
+    """True on a Linux machine with none of the device files a GPU runtime needs
+    (:data:`GPU_DEVICE_FILES`): torch could see no GPU there, so nobody need import it (~1.5 s)
+    to be told so. Elsewhere (or with any of them present) False: ask torch."""
+    return sys.platform.startswith("linux") and not any(Path(p).exists() for p in GPU_DEVICE_FILES)
+
+
+def device_type(device: str = "auto") -> str:
+    """``resolve_device(device).type`` without importing torch where the answer is the CPU anyway."""
+    if device == "cpu" or (device == "auto" and no_gpu_possible()):
+        return "cpu"
+    return resolve_device(device).type
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"``: CUDA when torch sees a GPU, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

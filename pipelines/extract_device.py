@@ -46,12 +46,12 @@ MODES = ("auto", "main", "workers")
 
 def gpu_stages(ctx: Context) -> list[str]:
     """The stages of this run that would run on a CUDA device."""
-    from cellfeat.device import resolve_device  # torch: the workers, which import this module, never need it
+    from cellfeat.device import device_type  # imports torch only where a GPU may be there
 
     stages = []
-    if ctx.segmenter == "cellpose" and resolve_device(ctx.settings.segment.cellpose.device).type == "cuda":
+    if ctx.segmenter == "cellpose" and device_type(ctx.settings.segment.cellpose.device) == "cuda":
         stages.append("Cellpose")
-    if ctx.embed and resolve_device(ctx.settings.embed.device).type == "cuda":
+    if ctx.embed and device_type(ctx.settings.embed.device) == "cuda":
         stages.append("embeddings")
     return stages
 

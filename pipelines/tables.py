@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,11 +43,46 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if not pa.types.is_floating(f.type)]
 
 
+# below this many plain numeric columns pyarrow's own conversion is as quick
+WIDE_COLUMNS = 64
+
+
+def to_arrow(table: pd.DataFrame) -> pa.Table:
+    """``pa.Table.from_pandas(table, preserve_index=False)`` for our wide feature tables, faster.
+
+    pyarrow converts a DataFrame column by column through pandas (a Series made for each): on a
+    table of ~3,900 feature columns that took 0.3-0.7 s whatever its rows, more than writing the
+    file. Here the plain numeric columns (numpy float, int, bool dtypes) of one dtype are taken out
+    as one column-major block, each column an Arrow array over its memory (NaN -> null, as pandas'
+    conversion does); the other columns (strings, categories, nullable dtypes) go through
+    ``from_pandas``. Column order, names and values are the same; the pandas metadata in the
+    schema is left out, which reading back (``pd.read_parquet``) does not need here: the index is
+    never stored, and Arrow's own types carry the dtypes."""
+    dtypes = list(table.dtypes)
+    plain = [i for i, d in enumerate(dtypes) if isinstance(d, np.dtype) and d.kind in "fiub"]
+    if len(plain) < WIDE_COLUMNS or not table.columns.is_unique:
+        return pa.Table.from_pandas(table, preserve_index=False)
+    arrays: list[pa.Array | None] = [None] * len(dtypes)
+    by_dtype: dict[np.dtype, list[int]] = {}
+    for i in plain:
+        by_dtype.setdefault(dtypes[i], []).append(i)
+    for dtype, where in by_dtype.items():
+        block = np.asfortranarray(table.iloc[:, where].to_numpy(dtype=dtype))
+        for k, i in enumerate(where):
+            arrays[i] = pa.array(block[:, k], from_pandas=True)
+    rest = [i for i in range(len(dtypes)) if arrays[i] is None]
+    if rest:
+        others = pa.Table.from_pandas(table.iloc[:, rest], preserve_index=False)
+        for k, i in enumerate(rest):
+            arrays[i] = others.column(k).combine_chunks()
+    return pa.Table.from_arrays(arrays, names=[str(c) for c in table.columns])
+
+
 def write_parquet(table: pd.DataFrame, path: str | Path, provenance: dict | None = None) -> Path:
     """Write ``table`` to a temporary name, then rename: a killed job leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    arrow = to_arrow(table)
     if provenance is not None:
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance).encode()})
     with _replacing(path) as tmp:
