@@ -44,7 +44,7 @@ from cellfeat.errors import CellfeatError
 from cellfeat.images import ImageError, load_site
 from cellfeat.layout import WELL_KEYS, SiteRecord, SiteSet, plate_stem
 from pipelines.config import load_config, with_device
-from pipelines.extract_unit import STAGES, Context, Unit, UnitResult, run_unit
+from pipelines.extract_unit import STAGES, WARM_UP, Context, Unit, UnitResult, run_unit, warm_task
 from pipelines.inputs import open_input, parse_plates
 from pipelines.locks import LockBusy, experiment_lock, plate_lock
 from pipelines.provenance import versions
@@ -212,9 +212,11 @@ def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pro
     their results and where the time went."""
     start = time.perf_counter()
     results, main = _execute(units, ctx, jobs=jobs, dask=dask, progress=progress, device_stages=device_stages)
+    warm = [r for r in results if r.unit == WARM_UP]  # the idle workers' warm-up tasks: time, not units
+    results = [r for r in results if r.unit != WARM_UP]
     timing = Timing(wall=time.perf_counter() - start, sites=sum(r.sites for r in results), main=main,
-                    worker_busy=sum(r.seconds for r in results), processes=None if dask else max(1, jobs))  # fmt: skip
-    for r in results:
+                    worker_busy=sum(r.seconds for r in results + warm), processes=None if dask else max(1, jobs))  # fmt: skip
+    for r in results + warm:
         for stage, seconds in r.stages.items():
             timing.workers[stage] = timing.workers.get(stage, 0.0) + seconds
     return results, timing
@@ -250,7 +252,12 @@ def _execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pr
 
     by_name = {u.name: u for u in units}
     runner = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered", inner_max_num_threads=1)
-    for result in runner(delayed(run_unit)(u, ctx) for u in units):
+    tasks = [delayed(run_unit)(u, ctx) for u in units]
+    tasks += [delayed(warm_task)(ctx, units[0].cell_type) for _ in range(jobs - len(units))]  # idle workers help compile
+    for result in runner(tasks):
+        if isinstance(result, dict):  # a warm_task's stages
+            results.append(UnitResult(WARM_UP, seconds=sum(result.values()), stages=result))
+            continue
         results.append(result)
         progress.unit_finished(result, len(by_name[result.unit].sites))
     return results, {}

@@ -36,8 +36,8 @@ import traceback
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-from pipelines.extract_unit import (CLOCK, Context, DeviceLink, Unit, UnitResult, _embedder, patient, run_unit,
-                                    segment_unit, set_device_link, stage_units)  # fmt: skip
+from pipelines.extract_unit import (CLOCK, WARM_UP, Context, DeviceLink, Unit, UnitResult, _embedder, patient, run_unit,
+                                    segment_unit, set_device_link, stage_units, warm_task)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,12 @@ def run_with_device_stages(units: list[Unit], ctx: Context, *, jobs: int, batch_
 DEVICE_BATCH_CROPS = 8192
 
 
-def _device_worker(ctx: Context, index: int, tasks, requests, replies, results) -> None:
+def _device_worker(ctx: Context, index: int, tasks, requests, replies, results, units: int, cell_type) -> None:
     """A worker process of :func:`run_pipelined`: whole units, the embeddings asked of the main process."""
     set_device_link(DeviceLink(index, requests, replies))
+    if index >= units:  # a worker without a unit to start with: it takes its share of compiling
+        stages = warm_task(ctx, cell_type)
+        results.put(UnitResult(WARM_UP, seconds=sum(stages.values()), stages=stages))
     while True:
         unit = patient(tasks.get)
         if unit is None:
@@ -165,7 +168,7 @@ def run_pipelined(units: list[Unit], ctx: Context, *, jobs: int, queue_units: in
     mp = multiprocessing.get_context("spawn")
     tasks, results_q, requests = mp.Queue(), mp.Queue(), mp.Queue(maxsize=max(1, queue_units))
     replies = [mp.Queue() for _ in range(jobs)]
-    workers = [mp.Process(target=_device_worker, args=(ctx, i, tasks, requests, replies[i], results_q), daemon=True)
+    workers = [mp.Process(target=_device_worker, args=(ctx, i, tasks, requests, replies[i], results_q, len(units), units[0].cell_type), daemon=True)
                for i in range(jobs)]  # fmt: skip
     for worker in workers:
         worker.start()
@@ -181,20 +184,24 @@ def run_pipelined(units: list[Unit], ctx: Context, *, jobs: int, queue_units: in
              "stage on %d worker processes, each site loaded once", embedder.device if embedder else "-", DEVICE_BATCH_CROPS,
              queue_units, jobs)  # fmt: skip
     results: list[UnitResult] = []
+    expected = len(units)  # and a warm-up result of each worker that started without a unit
     try:
-        while len(results) < len(units):
+        while len(results) < expected:
             while True:
                 try:
                     result = results_q.get_nowait()
                 except queue.Empty:
                     break
                 results.append(result)
-                progress.unit_finished(result, len(by_name[result.unit].sites))
+                if result.unit == WARM_UP:
+                    expected += 1
+                else:
+                    progress.unit_finished(result, len(by_name[result.unit].sites))
             try:
                 batch = [requests.get(timeout=0.05)]
             except queue.Empty:
                 dead = [w for w in workers if w.exitcode not in (None, 0)]
-                if dead and len(results) < len(units):
+                if dead and len(results) < expected:
                     _collect(results_q, results, progress, by_name, wait=1.0)
                     done = {r.unit for r in results}
                     code = dead[0].exitcode
@@ -236,4 +243,5 @@ def _collect(results_q, results: list, progress, by_name: dict, *, wait: float) 
         except queue.Empty:
             continue
         results.append(result)
-        progress.unit_finished(result, len(by_name[result.unit].sites))
+        if result.unit != WARM_UP:
+            progress.unit_finished(result, len(by_name[result.unit].sites))

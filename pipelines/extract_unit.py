@@ -82,7 +82,8 @@ class UnitResult:
 
 # --------------------------------------------------------------------------- where the time goes
 
-STAGES = ("load", "segment", "embed", "features", "wait", "aggregate", "write")  # wait: for the device stage's reply
+# warm-up: compiling or loading the numba kernels, once a process (pipelines.warmup); wait: for the device stage's reply
+STAGES = ("warm-up", "load", "segment", "embed", "features", "wait", "aggregate", "write")
 
 
 class StageClock:
@@ -130,6 +131,44 @@ def _segmenter(ctx: Context):
 
         _STATE[key] = build_cellpose(ctx.settings)
     return _STATE.get(key)
+
+
+def warm_up(ctx: Context, cell_type: str | None) -> None:
+    """Once a process, before its first unit: the numba kernels this run uses compiled (each once
+    a machine, shared out over the processes) or loaded from the cache (:mod:`pipelines.warmup`)."""
+    if "warm" in _STATE:
+        return
+    from cellfeat.features.registry import FAMILIES
+    from pipelines.warmup import lock_dir, run_steps, warm_steps
+
+    settings = ctx.settings
+    classical = ctx.segmenter == "classical"
+    params = settings.segment.classical_for(cell_type) if classical else None
+    diameter = params["nuclei"].diameter if classical else settings.segment.cellpose.diameters_for(cell_type)[0]
+    steps = warm_steps(channels=settings.channels.names, families=settings.features.families or tuple(FAMILIES),
+                       options=feature_options(dict(settings.features.options), 255), segment_params=params,
+                       operations=settings.extract.aggregate, diameter=diameter)  # fmt: skip
+    with CLOCK("warm-up"):
+        try:
+            seconds = run_steps(steps, lock_dir())
+        except Exception as exc:  # the unit's own first use compiles what is missing; say so, do not fail it
+            log.warning("warm-up of the numba kernels failed (%s: %s); each kernel compiles on its first use instead",
+                        type(exc).__name__, exc)  # fmt: skip
+            seconds = {}
+    _STATE["warm"] = seconds
+    log.debug("warm-up: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+
+
+WARM_UP = "(warm-up)"  # the name of a warm_task's result among the units' results
+
+
+def warm_task(ctx: Context, cell_type: str | None) -> dict[str, float]:
+    """A worker's task where a run has fewer units than workers: the warm-up alone, so that the
+    idle workers take their share of compiling (:mod:`pipelines.warmup`). Returns its stages."""
+    _single_threaded()
+    CLOCK.take()
+    warm_up(ctx, cell_type)
+    return CLOCK.take()
 
 
 def _embedder(ctx: Context):
@@ -442,6 +481,7 @@ def run_unit(unit: Unit, ctx: Context, staged: Staged | None = None) -> UnitResu
     CLOCK.take()  # this unit's stages only
     result = UnitResult(unit.name)
     try:
+        warm_up(ctx, unit.cell_type)
         cells, measured, failures = measure_unit(unit, ctx, staged if staged is not None else stage_units([unit], ctx)[0])
         operations = ctx.settings.extract.aggregate
         listed = pd.DataFrame({"Metadata_Experiment": pd.Series([k.experiment for k in measured], dtype=object),

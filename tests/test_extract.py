@@ -202,7 +202,7 @@ def test_device_stages_in_the_main_process_give_the_same_tables(dataset, tmp_pat
         caplog.set_level("INFO", logger="pipelines.extract")
         assert main(argv) == 0
         line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("where the time went"))
-        assert "core-seconds a site: load" in line and "features" in line and "workers busy" in line
+        assert "core-seconds a site: warm-up" in line and "load" in line and "features" in line and "workers busy" in line
         assert ("main process (device stages) busy" in line and "embed" in line.split("main process")[1]) == (mode == "main")
         tables[mode] = [pd.read_parquet(out / "cells" / "U2OS-01" / "Plate1.parquet"),
                         pd.read_parquet(out / "wells" / "U2OS-01.parquet")]  # fmt: skip
@@ -387,3 +387,24 @@ def test_plates_are_merged_in_the_background_as_their_last_unit_is_written(datas
     for plate in (1, 2):
         assert (tmp_path / "out" / "cells" / "U2OS-01" / f"Plate{plate}.parquet").is_file()
         assert not (tmp_path / "out" / "cells" / "U2OS-01" / f".Plate{plate}.parts").exists()
+
+
+@pytest.mark.parametrize("mode", ["workers", "main"])
+def test_a_run_with_fewer_units_than_workers_sets_the_idle_ones_compiling(dataset, reference, tmp_path, mode, caplog):
+    """A plate in one unit on 2 workers: the other worker runs the warm-up alone (pipelines.warmup);
+    its result is time, not a unit: the run still counts one unit and writes the same tables."""
+    config = tmp_path / "one_unit.toml"
+    config.write_text(FAST.replace("chunk_wells = 2", f'chunk_wells = 64\ndevice_stages = "{mode}"'))
+    out = tmp_path / "out"
+    argv = _argv(dataset, out, "--plates", "1", "--jobs", "2")
+    argv[argv.index("--config") + 1] = str(config)
+    caplog.set_level("INFO", logger="pipelines.extract")
+    assert main(argv) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("1 units to do" in m for m in messages), messages
+    assert any(m.startswith("where the time went") and "warm-up" in m for m in messages)
+    for kind in ("wells", "cells"):
+        path = Path(kind) / "U2OS-01.parquet" if kind == "wells" else Path(kind) / "U2OS-01" / "Plate1.parquet"
+        want = pd.read_parquet(reference / path)
+        want = want[want["Metadata_Plate"] == 1].reset_index(drop=True)
+        pd.testing.assert_frame_equal(pd.read_parquet(out / path), want)
