@@ -363,8 +363,9 @@ class Embedder:
             for site in sites:
                 if not len(site.corners):
                     continue
-                pixels = torch.from_numpy(np.ascontiguousarray(site.pixels, np.float32))
+                pixels = torch.from_numpy(np.ascontiguousarray(site.pixels))
                 pixels = (pixels.pin_memory() if cuda else pixels).to(self.device, non_blocking=True)
+                pixels = pixels.float() / site.scale if site.scale else pixels.float()  # IEEE division: read_image's values
                 padded = nn.functional.pad(pixels, (size, size, size, size))
                 offsets = torch.arange(size, device=self.device)
                 corners = torch.from_numpy(site.corners).to(self.device)

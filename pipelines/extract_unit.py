@@ -256,7 +256,8 @@ def _ask_device(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple
     if cfg.normalization is Normalization.GIVEN and stats is None:
         raise EmbedError("normalization 'given' needs the plate's (mean, std) per channel")
     made = [site_windows(px, seg.cells, cfg.crop_size, mask_outside=cfg.mask_outside,
-                         stats=None if cfg.normalization is Normalization.SITE else stats) for px, seg in zip(pixels, segs)]  # fmt: skip
+                         stats=None if cfg.normalization is Normalization.SITE else stats, compact=True)
+            for px, seg in zip(pixels, segs)]  # fmt: skip
     _LINK.sent += 1
     patient(_LINK.requests.put, (_LINK.index, _LINK.sent, [w for w, _ in made]))
     return PendingEmbeddings(_LINK.sent, [p for _, p in made], cfg.name or backbone_label(cfg.backbone))

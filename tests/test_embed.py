@@ -438,3 +438,45 @@ def test_windows_cut_on_the_device_give_the_cpu_crops_embeddings(real_sites, mas
     for (_, present), vectors, table in zip(windows, got, want):
         assert not present[1] and len(vectors) == present.sum() > 3
         np.testing.assert_allclose(vectors, table.drop(columns=E.OBJECT_NUMBER).to_numpy()[present], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_planes_travel_as_grey_levels_and_come_back_exactly(tmp_path, bits):
+    """What a worker sends the device stage (crops.compact_planes): an image read from 8- or 16-bit
+    files as its grey levels (4x or 2x fewer bytes); levels / scale gives back read_image's float32
+    values bit for bit, also where the division runs (torch)."""
+    import tifffile
+
+    from cellfeat.crops import compact_planes
+    from cellfeat.images import load_site
+
+    rng = np.random.default_rng(bits)
+    top = 2**bits - 1
+    paths = []
+    for c in range(3):
+        path = tmp_path / f"s_w{c + 1}.tif"
+        tifffile.imwrite(path, rng.integers(0, top + 1, (40, 50)).astype(np.uint8 if bits == 8 else np.uint16))
+        paths.append(path)
+    pixels = load_site(paths)
+    levels, scale = compact_planes(pixels)
+    assert scale == top and levels.dtype == (np.uint8 if bits == 8 else np.uint16)
+    assert np.array_equal(torch.from_numpy(levels).float() / scale, torch.from_numpy(pixels))
+    smooth = pixels * np.float32(0.5) + np.float32(1e-4)  # not grey levels of either depth: sent as they are
+    same, zero = compact_planes(smooth)
+    assert zero == 0 and same.dtype == np.float32 and np.array_equal(same, smooth)
+
+
+@pytest.mark.realdata
+def test_compact_windows_embed_to_the_same_numbers(real_sites):
+    from cellfeat.images import load_site
+
+    pixels = load_site(real_sites[0][1])[:, :160, :160]
+    labels = np.zeros(pixels.shape[1:], np.int32)
+    for i, (y, x) in enumerate([(30, 30), (80, 100), (130, 60)], 1):
+        labels[y - 8 : y + 8, x - 8 : x + 8] = i
+    embedder = E.EmbedConfig(device="cpu", batch_size=8).embedder(E.RXRX1_COLORS)
+    stats = E.pooled_stats([pixels])
+    plain, _ = E.site_windows(pixels, labels, 48, mask_outside=True, stats=stats)
+    compact, _ = E.site_windows(pixels, labels, 48, mask_outside=True, stats=stats, compact=True)
+    assert compact.scale == 255 and compact.pixels.dtype == np.uint8 and plain.scale == 0
+    np.testing.assert_array_equal(embedder.embed_windows([compact], 48)[0], embedder.embed_windows([plain], 48)[0])

@@ -202,7 +202,7 @@ def test_device_stages_in_the_main_process_give_the_same_tables(dataset, tmp_pat
         caplog.set_level("INFO", logger="pipelines.extract")
         assert main(argv) == 0
         line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("where the time went"))
-        assert "core-seconds a site: warm-up" in line and "load" in line and "features" in line and "workers busy" in line
+        assert "core-seconds a site: " in line and "load" in line and "features" in line and "workers busy" in line
         assert ("main process (device stages) busy" in line and "embed" in line.split("main process")[1]) == (mode == "main")
         tables[mode] = [pd.read_parquet(out / "cells" / "U2OS-01" / "Plate1.parquet"),
                         pd.read_parquet(out / "wells" / "U2OS-01.parquet")]  # fmt: skip
@@ -402,7 +402,8 @@ def test_a_run_with_fewer_units_than_workers_sets_the_idle_ones_compiling(datase
     assert main(argv) == 0
     messages = [r.getMessage() for r in caplog.records]
     assert any("1 units to do" in m for m in messages), messages
-    assert any(m.startswith("where the time went") and "warm-up" in m for m in messages)
+    # the spawned workers of "main" warm up in this run (loky's are reused across runs: warm already)
+    assert any(m.startswith("where the time went") and "warm-up" in m for m in messages) or mode == "workers"
     for kind in ("wells", "cells"):
         path = Path(kind) / "U2OS-01.parquet" if kind == "wells" else Path(kind) / "U2OS-01" / "Plate1.parquet"
         want = pd.read_parquet(reference / path)
