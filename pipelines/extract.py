@@ -224,14 +224,11 @@ def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pro
 
 def _execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, progress: Progress,
              device_stages: str) -> tuple[list[UnitResult], dict[str, float]]:  # fmt: skip
-    from pipelines.extract_device import run_pipelined, run_with_device_stages, use_main_process
+    from pipelines.extract_device import run_pipelined, use_main_process
 
     if use_main_process(device_stages, ctx, jobs=jobs, dask=dask):
-        if ctx.segmenter != "cellpose":  # the workers segment: the main process runs the CNN alone
-            bound = ctx.settings.extract.device_queue or 2 * jobs
-            return run_pipelined(units, ctx, jobs=jobs, queue_units=bound, progress=progress)
-        batch = ctx.settings.segment.cellpose.batch_sites
-        return run_with_device_stages(units, ctx, jobs=jobs, batch_sites=batch, progress=progress)
+        bound = ctx.settings.extract.device_queue or 2 * jobs
+        return run_pipelined(units, ctx, jobs=jobs, queue_units=bound, progress=progress)
     results = []
     if dask:
         from distributed import Client, as_completed

@@ -1,12 +1,13 @@
 """One unit of ``cellfeat extract``: a few whole wells of one plate, images to tables.
 
-A worker process (joblib or Dask) runs :func:`run_unit`: load every site of the unit, segment
-them (Cellpose in one batch, or the classical segmenter site by site), embed all cells of the
-unit in shared mini-batches (:func:`stage_units`), measure the features (:func:`measure_unit`),
-and write two files atomically: the unit's per-cell rows and its per-well aggregates (units
-hold whole wells, so a well's profile is final once its unit is done). Loaded models are kept
-per process. Where the GPU stages run in the main process (:mod:`pipelines.extract_device`),
-it calls :func:`stage_units` on several units at once and hands each worker its unit staged.
+A worker process (joblib or Dask) runs :func:`run_unit`: load every site of the unit once,
+segment them (Cellpose in batches, or the classical segmenter site by site), embed all cells of
+the unit in shared mini-batches (:func:`stage_unit`), measure the features (:func:`measure_unit`),
+and write the unit's files atomically: its per-cell rows and its per-well and per-site
+aggregates (units hold whole wells, so a well's profile is final once its unit is done). Loaded
+models are kept per process. Where the GPU stages run in the main process
+(:mod:`pipelines.extract_device`), the worker asks it for Cellpose's segmentations and the
+embeddings through a :class:`DeviceLink` and does everything else itself.
 """
 
 from __future__ import annotations
@@ -187,13 +188,48 @@ def _embedder(ctx: Context):
 @dataclass
 class DeviceLink:
     """How a worker reaches the device stage in the main process (:mod:`pipelines.extract_device`):
-    it sends a unit's crop windows on ``requests`` (one bounded queue for all workers: a full queue
-    makes workers wait, so nothing piles up) and gets the embeddings back on its own ``replies``."""
+    it sends requests on ``requests`` (one bounded queue for all workers: a full queue makes
+    workers wait, so nothing piles up) and gets the answers back on its own ``replies``. A request
+    is a unit's crop windows to embed (``EMBED``) or, where the device stage runs Cellpose
+    (``cellpose``), a unit's sites to segment (``SEGMENT``)."""
 
     index: int
-    requests: object  # multiprocessing.Queue of (index, request id, [SiteWindows])
-    replies: object  # multiprocessing.Queue of (request id, [vectors] or an error message)
+    requests: object  # multiprocessing.Queue of (index, request id, kind, payload)
+    replies: object  # multiprocessing.Queue of (request id, answer or an error message)
+    cellpose: bool = False
     sent: int = 0
+
+    def ask(self, kind: str, payload) -> int:
+        self.sent += 1
+        patient(self.requests.put, (self.index, self.sent, kind, payload))
+        return self.sent
+
+    def answer(self, request: int):
+        """The answer to ``request`` (waited for); the device stage's error raised as RuntimeError."""
+        with CLOCK("wait"):
+            while True:
+                got, answer = patient(self.replies.get)
+                if got == request:
+                    break
+        if isinstance(answer, str):
+            raise RuntimeError(f"the device stage failed: {answer}")
+        return answer
+
+
+EMBED, SEGMENT = "embed", "segment"  # the kinds of request
+
+
+@dataclass
+class SegmentRequest:
+    """A unit's sites for Cellpose on the device stage: each site's planes as grey levels where
+    they are (:func:`cellfeat.crops.compact_planes`), with its scale."""
+
+    cell_type: str | None
+    planes: list[np.ndarray]
+    scales: list[int]
+
+    def sites(self) -> list[np.ndarray]:
+        return [p.astype(np.float32) / np.float32(s) if s else p for p, s in zip(self.planes, self.scales)]
 
 
 _LINK: DeviceLink | None = None
@@ -238,14 +274,7 @@ class PendingEmbeddings:
     def tables(self) -> list[pd.DataFrame]:
         from cellfeat.crops import site_tables
 
-        with CLOCK("wait"):
-            while True:
-                request, answer = patient(_LINK.replies.get)
-                if request == self.request:
-                    break
-        if isinstance(answer, str):
-            raise RuntimeError(f"the device stage failed: {answer}")
-        return site_tables(self.presents, np.concatenate(answer), self.name)
+        return site_tables(self.presents, np.concatenate(_LINK.answer(self.request)), self.name)
 
 
 def _ask_device(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple | None) -> PendingEmbeddings:
@@ -258,9 +287,8 @@ def _ask_device(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple
     made = [site_windows(px, seg.cells, cfg.crop_size, mask_outside=cfg.mask_outside,
                          stats=None if cfg.normalization is Normalization.SITE else stats, compact=True)
             for px, seg in zip(pixels, segs)]  # fmt: skip
-    _LINK.sent += 1
-    patient(_LINK.requests.put, (_LINK.index, _LINK.sent, [w for w, _ in made]))
-    return PendingEmbeddings(_LINK.sent, [p for _, p in made], cfg.name or backbone_label(cfg.backbone))
+    request = _LINK.ask(EMBED, [w for w, _ in made])
+    return PendingEmbeddings(request, [p for _, p in made], cfg.name or backbone_label(cfg.backbone))
 
 
 # --------------------------------------------------------------------------- the work
@@ -268,6 +296,13 @@ def _ask_device(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tuple
 
 def segment_sites(ctx: Context, sites: list[np.ndarray], cell_type: str | None):
     """Segmentations of ``sites`` (one cell type's): Cellpose in batches, or the classical segmenter."""
+    if sites and ctx.segmenter == "cellpose" and _LINK is not None and _LINK.cellpose:  # on the device stage
+        from cellfeat.crops import compact_planes
+
+        with CLOCK("segment"):
+            compact = [compact_planes(site) for site in sites]
+        request = _LINK.ask(SEGMENT, SegmentRequest(cell_type, [c for c, _ in compact], [s for _, s in compact]))
+        return _LINK.answer(request)  # clocked as "wait"
     with CLOCK("segment"):
         return _segment_sites(ctx, sites, cell_type)
 
@@ -336,9 +371,8 @@ def _load(record: SiteRecord, ctx: Context, failures: list[dict]) -> np.ndarray 
 class Staged:
     """A unit after its loading, segmentation and embedding stages, before its features.
 
-    ``keys``, ``segmentations`` and ``embeddings`` (``None`` each without ``ctx.embed``) hold one
-    entry per site that loaded; ``pixels`` the same sites' images while they stay in one process
-    (:meth:`for_worker` drops them: a worker reloads a site's files rather than receive them).
+    ``keys``, ``segmentations``, ``embeddings`` (``None`` each without ``ctx.embed``) and ``pixels``
+    hold one entry per site that loaded (``pixels`` None: the sites are loaded again).
     """
 
     keys: list[SiteRecord]
@@ -347,8 +381,6 @@ class Staged:
     failures: list[dict]
     pixels: list[np.ndarray] | None = None
 
-    def for_worker(self) -> Staged:
-        return Staged(self.keys, self.segmentations, self.embeddings, self.failures)
 
 
 def load_unit(unit: Unit, ctx: Context) -> tuple[list[SiteRecord], list[np.ndarray], list[dict]]:
@@ -378,44 +410,12 @@ def embed_staged(ctx: Context, pixels: list[np.ndarray], segs: list, stats: tupl
                            mask_outside=cfg.mask_outside, normalization=cfg.normalization, stats=stats)  # fmt: skip
 
 
-def stage_units(units: list[Unit], ctx: Context, segmentations: list[list] | None = None) -> list[Staged]:
-    """Load, segment and embed the sites of ``units`` (one plate's) together, so that Cellpose
-    batches and embedding mini-batches span the units: the stages a GPU runs.
-
-    ``segmentations`` (one list per unit, for its sites that load) skips segmenting, e.g. where
-    worker processes ran the classical segmenter.
-    """
-    if len({(u.experiment, u.plate) for u in units}) > 1:
-        raise ValueError("stage_units takes units of one plate (they share its normalization statistics)")
-    loaded = [load_unit(u, ctx) for u in units]
-    pixels = [px for _, pxs, _ in loaded for px in pxs]
-    if segmentations is None:
-        segs = segment_sites(ctx, pixels, units[0].cell_type)
-    else:
-        segs = [seg for unit_segs in segmentations for seg in unit_segs]
-        if len(segs) != len(pixels):
-            raise ValueError(f"{len(segs)} segmentations for {len(pixels)} loaded sites; a site's files changed meanwhile?")
-    embeddings = embed_staged(ctx, pixels, segs, units[0].stats)
-    if isinstance(embeddings, PendingEmbeddings):
-        if len(units) != 1:
-            raise ValueError("a device-stage worker stages one unit at a time")
-        keys, pxs, failures = loaded[0]
-        return [Staged(keys, segs, embeddings, failures, pixels=pxs)]
-    staged, start = [], 0
-    for keys, pxs, failures in loaded:
-        stop = start + len(keys)
-        staged.append(Staged(keys, segs[start:stop], embeddings[start:stop], failures, pixels=pxs))
-        start = stop
-    return staged
-
-
-def segment_unit(unit: Unit, ctx: Context) -> tuple[list, dict[str, float]]:
-    """Segmentations of the unit's sites that load (for :func:`stage_units`' ``segmentations``),
-    and the seconds this took per stage (load, segment)."""
-    _single_threaded()
-    CLOCK.take()
-    keys, pixels, _ = load_unit(unit, ctx)
-    return segment_sites(ctx, pixels, unit.cell_type), CLOCK.take()
+def stage_unit(unit: Unit, ctx: Context) -> Staged:
+    """Load, segment and embed the unit's sites, the embedding mini-batches spanning its sites; in
+    a device-stage worker, Cellpose and the embeddings are asked of the main process."""
+    keys, pixels, failures = load_unit(unit, ctx)
+    segs = segment_sites(ctx, pixels, unit.cell_type)
+    return Staged(keys, segs, embed_staged(ctx, pixels, segs, unit.stats), failures, pixels=pixels)
 
 
 def measure_unit(unit: Unit, ctx: Context, staged: Staged) -> tuple[pd.DataFrame, list[SiteKey], list[dict]]:
@@ -469,13 +469,11 @@ def _write(table: pd.DataFrame, path: str, ctx: Context) -> None:
                            "folder's permissions, then rerun: finished units are kept") from exc  # fmt: skip
 
 
-def run_unit(unit: Unit, ctx: Context, staged: Staged | None = None) -> UnitResult:
+def run_unit(unit: Unit, ctx: Context) -> UnitResult:
     """Process and write one unit; errors are returned, not raised, so the run can list them all.
 
-    ``staged``: the unit's loading, segmentation and embedding already done (by the process
-    that holds the GPU); otherwise this process does them too. The unit's profile tables hold
-    one row for every site measured (a site without cells: ``Metadata_CellCount`` 0, NaN
-    features); sites that failed are in its failures instead.
+    The unit's profile tables hold one row for every site measured (a site without cells:
+    ``Metadata_CellCount`` 0, NaN features); sites that failed are in its failures instead.
     """
     _single_threaded()
     start = time.perf_counter()
@@ -483,7 +481,7 @@ def run_unit(unit: Unit, ctx: Context, staged: Staged | None = None) -> UnitResu
     result = UnitResult(unit.name)
     try:
         warm_up(ctx, unit.cell_type)
-        cells, measured, failures = measure_unit(unit, ctx, staged if staged is not None else stage_units([unit], ctx)[0])
+        cells, measured, failures = measure_unit(unit, ctx, stage_unit(unit, ctx))
         operations = ctx.settings.extract.aggregate
         listed = pd.DataFrame({"Metadata_Experiment": pd.Series([k.experiment for k in measured], dtype=object),
                                "Metadata_Plate": pd.Series([k.plate for k in measured], dtype=cells["Metadata_Plate"].dtype),

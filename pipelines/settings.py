@@ -17,7 +17,7 @@ import inspect
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from cellfeat.embed_config import EmbedConfig
 from cellfeat.errors import ConfigError
