@@ -145,7 +145,7 @@ class CellposeSettings:
     cell_model: str | None = None
     models_dir: str | None = None
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int = 0  # tiles a forward pass; 0: cellfeat.segment.cellpose.AUTO_TILES for the device
     batch_sites: int = 16
     flow_threshold: float = 0.4
     cellprob_threshold: float = 0.0
@@ -321,8 +321,8 @@ def _segment(config: dict, channels: ChannelSettings) -> SegmentSettings:
     for key in ("nuclei_model", "cell_model", "models_dir"):
         cp[key] = cp.get(key) or None  # "" means the default
     cellpose = CellposeSettings(**{**cp, "diameters": diameters})
-    if cellpose.batch_sites < 1 or cellpose.batch_size < 1:
-        raise SettingsError("[segment.cellpose] batch_sites and batch_size must be at least 1")
+    if cellpose.batch_sites < 1 or cellpose.batch_size < 0:
+        raise SettingsError("[segment.cellpose] batch_sites must be at least 1 and batch_size at least 0 (0: by the device)")
     return SegmentSettings(segmenter=segmenter, drop_border=plain.get("drop_border", False),
                            nuclei_channel=channels.index(channels.nuclei, "[channels] nuclei"), cell_channels=cell_channels,
                            classical=classical, cellpose=cellpose)  # fmt: skip

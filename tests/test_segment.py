@@ -266,12 +266,14 @@ def test_cellpose_adapter_batches_with_random_weights(random_cellpose_weights, r
         nuclei_model=weights["nuclei"], cell_model=weights["cyto"], device="cpu",
         cellprob_threshold=-2.0, flow_threshold=0.0,  # let an untrained network produce some masks
     )
+    assert segmenter.batch_size == 0 and segmenter.batch_size_ == cp_adapter.AUTO_TILES["cpu"]  # 0: by the device
     calls = {"nuclei": [], "cells": []}
     for name, net in (("nuclei", segmenter.nuclei_net_), ("cells", segmenter.cell_net_)):
         original = net.eval
 
         def spy(x, *args, _orig=original, _name=name, **kwargs):
             calls[_name].append(np.shape(x))
+            assert kwargs["batch_size"] == cp_adapter.AUTO_TILES["cpu"]
             return _orig(x, *args, **kwargs)
 
         net.eval = spy

@@ -129,6 +129,12 @@ class _QuietPlanes(logging.Filter):
         return "masks are made per plane only" not in record.getMessage()
 
 
+# tiles a forward pass where batch_size is 0: cellpose's own default on a CPU; on a GPU enough
+# to fill it (Cellpose 3's network ran 1,746 tiles/s at float32 on an H200, issue 25: a batch of
+# 128 tiles is 26 MB of input), a projection, not yet measured against other sizes
+AUTO_TILES = {"cpu": 8, "cuda": 128}
+
+
 class CellposeSegmenter:
     """Nuclei + cells of ``(C, H, W)`` sites with two Cellpose models, in batches.
 
@@ -137,7 +143,7 @@ class CellposeSegmenter:
     ``"cpsam"``) or weight-file paths; ``None`` picks the defaults of the installed version.
     ``device`` follows :func:`cellfeat.device.resolve_device` (``"auto"``: a GPU when torch sees
     one; ``"cpu"``, ``"cuda"``, ``"cuda:N"``). ``batch_size`` is cellpose's number of
-    224x224 tiles per forward pass. ``cell_channels`` are 0-based site indices averaged
+    224x224 tiles per forward pass (0: :data:`AUTO_TILES` for the device, in ``batch_size_``). ``cell_channels`` are 0-based site indices averaged
     (after per-channel normalisation) into the cytoplasm input.
     """
 
@@ -148,7 +154,7 @@ class CellposeSegmenter:
         cell_model: str | os.PathLike | None = None,
         models_dir: str | os.PathLike | None = None,
         device: str = "auto",
-        batch_size: int = 8,
+        batch_size: int = 0,
         nuclei_channel: int = 0,
         cell_channels: Sequence[int] = (1, 2, 5),
         flow_threshold: float = 0.4,
@@ -178,6 +184,9 @@ class CellposeSegmenter:
 
         self.device_ = resolve_device(device)
         on_gpu = self.device_.type == "cuda"
+        if batch_size < 0:
+            raise ValueError(f"batch_size must be at least 0 (0: by the device), got {batch_size}")
+        self.batch_size_ = batch_size or AUTO_TILES[self.device_.type]
         self.nuclei_net_ = models.CellposeModel(gpu=on_gpu, device=self.device_, pretrained_model=str(self.nuclei_weights_))
         if self.cell_weights_ == self.nuclei_weights_:
             self.cell_net_ = self.nuclei_net_
@@ -206,7 +215,7 @@ class CellposeSegmenter:
         """
         n = planes.shape[0]
         kwargs = dict(
-            batch_size=self.batch_size,
+            batch_size=self.batch_size_,
             diameter=float(diameter),
             flow_threshold=self.flow_threshold,
             cellprob_threshold=self.cellprob_threshold,
