@@ -10,7 +10,13 @@ Methods (pycytominer's names):
 * ``mad_robustize``: ``(x - median_ctrl) / (1.4826 * MAD_ctrl + eps)`` (pycytominer ``RobustMAD``);
 * ``standardize``: ``(x - mean_ctrl) / (std_ctrl + eps)``;
 * optional typical-variation normalization (``tvn=True``): after the per-plate step, PCA
-  whitening fitted on the control wells of each experiment (Ando et al. 2017).
+  whitening fitted on the control wells of each experiment (Ando et al. 2017);
+* optional sphering (``sphere=True``): after feature selection, regularized ZCA whitening fitted
+  on the control wells, of the whole table or of each batch (``batch_column``).
+
+Which rows are a plate's controls: RxRx1's well types (``controls``, ``Metadata_WellType``), or
+for any table a pandas query (``control_query``, e.g. ``'Metadata_Compound == "DMSO"'``); which
+columns name a plate: ``plate_keys``.
 """
 
 from __future__ import annotations
@@ -38,10 +44,30 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if not c.startswith("Metadata_")]
 
 
-def _check(table: pd.DataFrame, features: Sequence[str]) -> None:
-    missing = [c for c in (*PLATE_KEYS, "Metadata_WellType") if c not in table.columns]
+def control_rows(table: pd.DataFrame, *, controls: Sequence[str] = ("negative_control", "positive_control"),
+                 control_query: str | None = None) -> np.ndarray:  # fmt: skip
+    """The control rows, as a boolean array: those ``control_query`` selects (a pandas query), or
+    else those whose ``Metadata_WellType`` is one of ``controls``."""
+    if control_query is None:
+        if "Metadata_WellType" not in table.columns:
+            raise NormalizationError("well table lacks column(s) ['Metadata_WellType']; cellfeat extract writes it "
+                                     "for RxRx1; for other tables select the controls with a query (control_query)")  # fmt: skip
+        return table["Metadata_WellType"].isin(list(controls)).to_numpy()
+    try:
+        chosen = table.eval(control_query)
+    except Exception as exc:  # pandas raises many kinds for a bad expression
+        raise NormalizationError(f"control query {control_query!r} is not a pandas query over the table's columns "
+                                 f"({type(exc).__name__}: {exc})") from exc  # fmt: skip
+    if not isinstance(chosen, pd.Series) or chosen.dtype != bool:
+        raise NormalizationError(f"control query {control_query!r} must give True/False a row, e.g. 'Metadata_Compound == \"DMSO\"'")
+    return chosen.to_numpy()
+
+
+def _check(table: pd.DataFrame, features: Sequence[str], plate_keys: Sequence[str] = PLATE_KEYS) -> None:
+    missing = [c for c in plate_keys if c not in table.columns]
     if missing:
-        raise NormalizationError(f"well table lacks column(s) {missing}; cellfeat extract writes them")
+        raise NormalizationError(f"well table lacks plate column(s) {missing}; cellfeat extract writes them "
+                                 f"(for other tables name the plate column(s): plate_keys / --plate-column)")  # fmt: skip
     absent = [f for f in features if f not in table.columns]
     if absent:
         raise NormalizationError(f"{len(absent)} feature column(s) missing from the well table, e.g. {absent[:3]}")
@@ -54,28 +80,33 @@ def normalize_plates(
     method: str = "mad_robustize",
     controls: Sequence[str] = ("negative_control", "positive_control"),
     eps: float = 1e-6,
+    plate_keys: Sequence[str] = PLATE_KEYS,
+    control_query: str | None = None,
 ) -> pd.DataFrame:
-    """Normalize every plate's wells by the statistics of that plate's control wells.
+    """Normalize every plate's wells by the statistics of that plate's control wells
+    (:func:`control_rows`; a plate: the rows sharing ``plate_keys``).
 
     Returns a copy with the feature columns replaced (float32). A plate without any control
-    well of the given types raises :class:`NormalizationError` naming it: guessing a
-    reference for it would silently mis-scale the plate.
+    well raises :class:`NormalizationError` naming it: guessing a reference for it would
+    silently mis-scale the plate.
     """
     if method not in METHODS:
         raise NormalizationError(f"unknown normalization method {method!r}; choose one of {METHODS}")
-    features = list(features)
-    _check(table, features)
+    features, plate_keys = list(features), list(plate_keys)
+    _check(table, features, plate_keys)
     out = table.copy()
     values = table[features].to_numpy(np.float64)
     result = np.empty_like(values)
-    is_control = table["Metadata_WellType"].isin(list(controls)).to_numpy()
-    for key, index in table.groupby(list(PLATE_KEYS), sort=False).indices.items():
+    is_control = control_rows(table, controls=controls, control_query=control_query)
+    for key, index in table.groupby(plate_keys, sort=False).indices.items():
         ref = values[index[is_control[index]]]
         if len(ref) == 0:
+            which = control_query or f"of type {list(controls)}"
+            name = " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
             raise NormalizationError(
-                f"plate {key[0]} {key[1]} has no control wells of type {list(controls)}: it cannot be "
+                f"plate {name} has no control wells ({which}): it cannot be "
                 f"normalized against its controls. Include its control wells in the well table "
-                f"(cellfeat extract processes them) or choose other control types in the config."
+                f"(cellfeat extract processes them) or choose other controls in the config."
             )
         # A feature missing in every control well of the plate (e.g. CellProfiler's
         # NormalizedMoment_0_0, NaN by definition) stays NaN on the plate; numpy's
@@ -93,20 +124,31 @@ def normalize_plates(
     return out
 
 
+def _groups(table: pd.DataFrame, by: str | None) -> dict:
+    """Row positions per value of ``by`` (None: one group of all rows)."""
+    if by is None:
+        return {None: np.arange(len(table))}
+    if by not in table.columns:
+        raise NormalizationError(f"well table lacks the batch column {by!r}; name another (batch_column) or none")
+    return table.groupby(by, sort=False).indices
+
+
 def typical_variation(
     table: pd.DataFrame,
     features: Sequence[str],
     *,
     controls: Sequence[str] = ("negative_control", "positive_control"),
     eps: float = 1e-6,
+    control_query: str | None = None,
+    by: str | None = "Metadata_Experiment",
 ) -> pd.DataFrame:
-    """PCA-whiten each experiment's wells with the covariance of its control wells."""
+    """PCA-whiten each experiment's (each ``by`` group's) wells with the covariance of its control wells."""
     features = list(features)
     out = table.copy()
     values = table[features].to_numpy(np.float64)
     result = np.empty_like(values)
-    is_control = table["Metadata_WellType"].isin(list(controls)).to_numpy()
-    for exp, index in table.groupby("Metadata_Experiment", sort=False).indices.items():
+    is_control = control_rows(table, controls=controls, control_query=control_query)
+    for exp, index in _groups(table, by).items():
         ref = np.nan_to_num(values[index[is_control[index]]])
         if len(ref) < 2:
             raise NormalizationError(f"experiment {exp} has fewer than 2 control wells: typical variation normalization needs more")
@@ -119,6 +161,31 @@ def typical_variation(
         result[index] = full
     out[features] = result.astype(np.float32)
     return out
+
+
+def sphere(values: np.ndarray, is_control: np.ndarray, groups: dict, *, regularization: float) -> np.ndarray:
+    """Regularized ZCA whitening, one transform a group, fitted on the group's control rows:
+    ``(x - mean_c) V diag(1 / sqrt(l + r)) V^T`` with ``V, l`` the eigenvectors and eigenvalues
+    of the controls' covariance and ``r = regularization * mean(l)``. Without ``r`` a covariance
+    of fewer controls than features is singular and the whitening blows up its noise directions
+    (pycytominer's ZCA-cor with epsilon 1e-6 on BBBC021: NSC 0.175, scripts/bench_bbbc021.py)."""
+    values = np.nan_to_num(np.asarray(values, np.float64))
+    out = np.empty_like(values)
+    for key, index in groups.items():
+        ref = values[index[is_control[index]]]
+        if len(ref) < 2:
+            raise NormalizationError(f"batch {key} has fewer than 2 control wells: sphering needs their covariance")
+        mean = ref.mean(axis=0)
+        covariance = np.cov(ref - mean, rowvar=False).reshape(values.shape[1], values.shape[1])
+        eigenvalues, vectors = np.linalg.eigh(covariance)
+        eigenvalues = np.clip(eigenvalues, 0, None)
+        r = regularization * max(float(eigenvalues.mean()), 1e-12)
+        transform = (vectors / np.sqrt(eigenvalues + r)) @ vectors.T
+        out[index] = (values[index] - mean) @ transform
+    return out
+
+
+DEFAULT_BLOCKLIST = ("Location_", "_Center_", "Number_Object_Number", "Parent_", "Children_", "ObjectNumber")
 
 
 def select_features(
@@ -167,16 +234,28 @@ def select_features(
 
 @dataclass
 class PlateNormalizer:
-    """Feature selection plus per-plate control normalization, as one fit/transform pair.
+    """Per-plate control normalization, feature selection and optional batch correction, as one
+    fit/transform pair: ``cellfeat fit``'s and ``cellfeat normalize``'s (one normalizer).
 
     ``fit`` chooses the features on the training wells (after per-plate normalization);
-    ``transform`` normalizes any wells (each plate by its own controls) and returns the
-    selected features. Fitted attributes end in ``_``.
+    ``transform`` normalizes any wells (each plate by its own controls, each batch sphered with
+    its own controls' covariance) and returns the selected features. Nothing about a plate's or
+    a batch's statistics is learned at fit time, so new plates are treated as the training plates
+    were. Fitted attributes end in ``_``.
+
+    ``blocklist``: substrings of feature names dropped before selection (positions of objects
+    in the image carry no biology: CellProfiler's ``Location_*``, ``AreaShape_Center_*``).
     """
 
     method: str = "mad_robustize"
     controls: tuple[str, ...] = ("negative_control", "positive_control")
+    control_query: str | None = None  # a pandas query for the control rows; overrides controls
+    plate_keys: tuple[str, ...] = PLATE_KEYS
     tvn: bool = False
+    sphere: bool = False
+    sphere_regularization: float = 0.1
+    batch_column: str | None = None  # sphere each batch with its own controls (None: the whole table)
+    blocklist: tuple[str, ...] = DEFAULT_BLOCKLIST
     max_missing: float = 0.05
     max_correlation: float = 0.95
     clip: float | None = 50.0
@@ -184,16 +263,24 @@ class PlateNormalizer:
     features_in_: list[str] = field(default_factory=list)
     features_: list[str] = field(default_factory=list)
 
+    def _controls(self, table: pd.DataFrame) -> np.ndarray:
+        return control_rows(table, controls=self.controls, control_query=self.control_query)
+
     def _normalize(self, table: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-        out = normalize_plates(table, features, method=self.method, controls=self.controls, eps=self.eps)
+        out = normalize_plates(table, features, method=self.method, controls=self.controls, eps=self.eps,
+                               plate_keys=self.plate_keys, control_query=self.control_query)  # fmt: skip
         if self.tvn:
-            out = typical_variation(out, features, controls=self.controls, eps=self.eps)
+            out = typical_variation(out, features, controls=self.controls, eps=self.eps, control_query=self.control_query,
+                                    by="Metadata_Experiment" if self.batch_column is None else self.batch_column)  # fmt: skip
         if self.clip is not None:
             out[features] = out[features].clip(-self.clip, self.clip)
         return out
 
     def fit(self, table: pd.DataFrame, features: Sequence[str] | None = None) -> PlateNormalizer:
-        self.features_in_ = list(features) if features is not None else feature_columns(table)
+        features = list(features) if features is not None else feature_columns(table)
+        self.features_in_ = [f for f in features if not any(b in f for b in self.blocklist)]
+        if not self.features_in_:
+            raise NormalizationError(f"the blocklist {list(self.blocklist)} leaves no feature")
         normalized = self._normalize(table, self.features_in_)
         self.features_ = select_features(
             normalized, self.features_in_, max_missing=self.max_missing, max_correlation=self.max_correlation
@@ -213,4 +300,10 @@ class PlateNormalizer:
             )
         normalized = self._normalize(table, self.features_in_)
         meta = [c for c in table.columns if c.startswith("Metadata_")]
-        return normalized[meta + self.features_]
+        out = normalized[meta + self.features_]
+        if self.sphere:
+            values = sphere(out[self.features_].to_numpy(np.float64), self._controls(table), _groups(table, self.batch_column),
+                            regularization=self.sphere_regularization)  # fmt: skip
+            out = pd.concat([out[meta].reset_index(drop=True), pd.DataFrame(values.astype(np.float32), columns=self.features_)],
+                            axis=1).set_axis(table.index)  # fmt: skip
+        return out

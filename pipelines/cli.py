@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("pipelines.extract", "images -> per-cell and per-well Parquet tables for one experiment (resumable batch job)"),
     "fit": ("pipelines.fit", "normalize well profiles per plate and train the siRNA classifier, validated across experiments"),
     "submit": ("pipelines.submit", "per-well siRNA probabilities -> Kaggle submission, with plate-group assignment"),
+    "normalize": ("pipelines.normalize", "any profile table normalized per plate against its controls, features selected, batches sphered"),
+    "evaluate": ("pipelines.evaluate", "how well a profile table retrieves its labels: NSC, NSCB (nearest neighbour of other groups/batches) and mAP against controls"),
     "report": ("pipelines.report", "HTML page of QC figures (sites, plate maps, batch effects, controls, accuracy) from extract/fit outputs"),
 }
 
@@ -110,6 +112,31 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-cell-type", action="store_true", help="one model per cell type")
 
 
+def _add_normalize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profiles", required=True, help="profile table: CSV (.csv.gz too), Parquet, or a folder of Parquet files")
+    p.add_argument("--controls", help="pandas query selecting each plate's control rows, e.g. 'Metadata_Compound == \"DMSO\"' "
+                                      "(default: RxRx1's control well types, Metadata_WellType)")
+    p.add_argument("--plate-column", help="comma-separated columns naming a plate (default Metadata_Experiment,Metadata_Plate)")
+    p.add_argument("--batch-column", help="sphere each batch with its own controls, e.g. Metadata_Batch (default: the whole table)")
+    p.add_argument("--sphere", action=argparse.BooleanOptionalAction, default=None,
+                   help="sphere (regularized ZCA on the controls) after the per-plate step (default from config)")
+    p.add_argument("--config", help="TOML with a [normalize] table (PlateNormalizer's fields; defaults in cellfeat/normalize.py)")
+    p.add_argument("--out", required=True, help="Parquet file to write")
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profiles", required=True, help="profile table: CSV (.csv.gz too), Parquet, or a folder of Parquet files")
+    p.add_argument("--label", required=True, help="what profiles should retrieve, e.g. Metadata_MoA")
+    p.add_argument("--group", required=True, help="neighbours and positives must differ in it, e.g. Metadata_Compound")
+    p.add_argument("--treatment", help="comma-separated columns a treatment profile is the median over, e.g. "
+                                       "Metadata_Compound,Metadata_Concentration (default: --group)")
+    p.add_argument("--batch", help="batch column: NSCB's neighbours share no batch with the treatment, e.g. Metadata_Batch")
+    p.add_argument("--controls", help="pandas query selecting the control rows, e.g. 'Metadata_Compound == \"DMSO\"': "
+                                      "left out of NSC/NSCB, the negatives of mAP (without it, no mAP)")
+    p.add_argument("--null-size", type=int, default=10000, help="permutations of mAP's null distribution (default 10000)")
+    p.add_argument("--out", required=True, help="folder for report.json and report.txt")
+
+
 def _add_submit(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="table (Parquet, or .csv) with id_code and sirna_0..sirna_1107, one row per test well")
@@ -156,7 +183,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 ADDERS = {"demo": _add_demo, "synth": _add_synth, "show": _add_show, "segment": _add_segment, "extract": _add_extract, "fit": _add_fit,
-          "submit": _add_submit, "report": _add_report}
+          "submit": _add_submit, "normalize": _add_normalize, "evaluate": _add_evaluate, "report": _add_report}
 
 
 def get_arg_parser() -> argparse.ArgumentParser:

@@ -78,3 +78,67 @@ def test_normalizer_applies_to_new_plates_and_checks_features():
         norm.transform(test.drop(columns="f2"))
     tvn = PlateNormalizer(tvn=True).fit(train, ["f1", "f2", "f3"]).transform(train)
     assert np.isfinite(tvn[["f1", "f2", "f3"]].to_numpy()).all()
+
+
+def _batches(rng, n_batches=3, plates_per_batch=2, n_ctrl=12, n_treat=20, p=6):
+    """Plates in batches: each plate its own offset and gain (what per-plate scaling removes), each
+    batch a strong nuisance direction of its own (what sphering with the batch's controls
+    removes); treatments are two groups with opposite signatures."""
+    signature = rng.normal(0, 1, p)
+    rows = []
+    for b in range(n_batches):
+        nuisance = rng.normal(0, 1, p)
+        nuisance /= np.linalg.norm(nuisance)
+        for q in range(plates_per_batch):
+            offset, gain = rng.normal(0, 5, p), 1 + q
+            for i in range(n_ctrl + n_treat):
+                control = i < n_ctrl
+                group = "DMSO" if control else ("up" if i % 2 else "down")
+                x = rng.normal(0, 1, p) + (0 if control else (2 if group == "up" else -2) * signature)
+                x = x + rng.normal(0, 8) * nuisance
+                rows.append({"Metadata_Plate": f"B{b}P{q}", "Metadata_Batch": f"B{b}", "Metadata_Compound": group,
+                             **{f"f{j}": v for j, v in enumerate(gain * x + offset)}})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_any_table_normalizes_with_a_control_query_and_its_plate_column():
+    table = _batches(np.random.default_rng(3))
+    normalizer = PlateNormalizer(control_query='Metadata_Compound == "DMSO"', plate_keys=("Metadata_Plate",),
+                                 max_correlation=1.0).fit(table)  # fmt: skip
+    out = normalizer.transform(table)
+    features = [f"f{j}" for j in range(6)]
+    assert normalizer.features_ == features and list(out.columns[:3]) == ["Metadata_Plate", "Metadata_Batch", "Metadata_Compound"]
+    controls = out[out.Metadata_Compound == "DMSO"]
+    assert controls.groupby("Metadata_Plate")[features].median().abs().to_numpy().max() < 1e-5
+    with pytest.raises(NormalizationError, match="not a pandas query"):
+        PlateNormalizer(control_query="Metadata_Compound ==", plate_keys=("Metadata_Plate",)).fit(table)
+    with pytest.raises(NormalizationError, match="has no control wells"):
+        PlateNormalizer(control_query='Metadata_Compound == "none"', plate_keys=("Metadata_Plate",)).fit(table)
+    with pytest.raises(NormalizationError, match="lacks plate column"):
+        PlateNormalizer(control_query='Metadata_Compound == "DMSO"').fit(table)
+
+
+def test_sphering_each_batch_whitens_its_controls_and_keeps_the_signal():
+    table = _batches(np.random.default_rng(4), n_ctrl=40)
+    features = [f"f{j}" for j in range(6)]
+    common = dict(control_query='Metadata_Compound == "DMSO"', plate_keys=("Metadata_Plate",), max_correlation=1.0)
+    sphered = PlateNormalizer(sphere=True, batch_column="Metadata_Batch", sphere_regularization=1e-6, **common)
+    out = sphered.fit(table).transform(table)
+    for _, batch in out[out.Metadata_Compound == "DMSO"].groupby("Metadata_Batch"):
+        np.testing.assert_allclose(np.cov(batch[features].to_numpy(), rowvar=False), np.eye(6), atol=1e-3)
+    # the treatment groups' signatures, the same in every batch after sphering its own way
+    means = out[out.Metadata_Compound != "DMSO"].groupby(["Metadata_Batch", "Metadata_Compound"])[features].mean()
+    up = means.xs("up", level=1).to_numpy()
+    cos = (up @ up.T) / np.outer(np.linalg.norm(up, axis=1), np.linalg.norm(up, axis=1))
+    assert cos.min() > 0.9
+    with pytest.raises(NormalizationError, match="lacks the batch column"):
+        PlateNormalizer(sphere=True, batch_column="Metadata_Week", **common).fit(table).transform(table)
+
+
+def test_location_features_are_blocked_by_default():
+    table = _batches(np.random.default_rng(5))
+    table["Nuclei_Location_Center_X"] = np.random.default_rng(0).normal(size=len(table))
+    table["Cells_AreaShape_Center_Y"] = np.random.default_rng(1).normal(size=len(table))
+    common = dict(control_query='Metadata_Compound == "DMSO"', plate_keys=("Metadata_Plate",), max_correlation=1.0)
+    assert not any("Center" in f for f in PlateNormalizer(**common).fit(table).features_)
+    assert "Nuclei_Location_Center_X" in PlateNormalizer(blocklist=(), **common).fit(table).features_
