@@ -43,6 +43,8 @@ def treatment_profiles(table: pd.DataFrame, features: Sequence[str], by: Sequenc
     sorted tuple of the batches its rows come from (``Metadata_Batches``)."""
     by = list(dict.fromkeys(by))
     _need(table, [*by, label, group, batch or ""], "treatment")
+    columns = list(dict.fromkeys([*by, label, group, *([batch] if batch else []), *features]))
+    table = table[columns].copy()  # one block: a fragmented input makes every groupby step slow
     grouped = table.groupby(by, sort=True, dropna=False)
     for column in (label, group):
         if column not in by and (grouped[column].nunique(dropna=False) > 1).any():

@@ -32,6 +32,7 @@ from cellfeat.errors import DataError
 
 PLATE_KEYS = ("Metadata_Experiment", "Metadata_Plate")
 METHODS = ("mad_robustize", "standardize")
+SCALES = ("plate", "batch", "all")  # whose controls' spread a plate is divided by
 MAD_TO_SD = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
 
@@ -82,9 +83,18 @@ def normalize_plates(
     eps: float = 1e-6,
     plate_keys: Sequence[str] = PLATE_KEYS,
     control_query: str | None = None,
+    scale: str = "plate",
+    batch_column: str | None = None,
 ) -> pd.DataFrame:
     """Normalize every plate's wells by the statistics of that plate's control wells
     (:func:`control_rows`; a plate: the rows sharing ``plate_keys``).
+
+    Each plate is centred on its controls (median, or mean for ``standardize``). ``scale`` says
+    whose controls give the spread it is divided by (MAD, or standard deviation): the plate's own
+    (``"plate"``), the plate's batch's, pooled after centring each plate (``"batch"``:
+    ``batch_column``'s groups, the whole table without one), or the whole table's (``"all"``).
+    A plate's few controls (BBBC021: 6) give a noisy spread; RxRx1's plates (~30 controls, a
+    gain of their own) need their own.
 
     Returns a copy with the feature columns replaced (float32). A plate without any control
     well raises :class:`NormalizationError` naming it: guessing a reference for it would
@@ -92,6 +102,8 @@ def normalize_plates(
     """
     if method not in METHODS:
         raise NormalizationError(f"unknown normalization method {method!r}; choose one of {METHODS}")
+    if scale not in SCALES:
+        raise NormalizationError(f"unknown scale {scale!r}; choose one of {SCALES}")
     features, plate_keys = list(features), list(plate_keys)
     _check(table, features, plate_keys)
     out = table.copy()
@@ -108,20 +120,28 @@ def normalize_plates(
                 f"normalized against its controls. Include its control wells in the well table "
                 f"(cellfeat extract processes them) or choose other controls in the config."
             )
-        # A feature missing in every control well of the plate (e.g. CellProfiler's
-        # NormalizedMoment_0_0, NaN by definition) stays NaN on the plate; numpy's
-        # "All-NaN slice" warning for it says nothing the NaN does not.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            if method == "mad_robustize":
-                center = np.nanmedian(ref, axis=0)
-                scale = MAD_TO_SD * np.nanmedian(np.abs(ref - center), axis=0)
-            else:
-                center = np.nanmean(ref, axis=0)
-                scale = np.nanstd(ref, axis=0)
-        result[index] = (values[index] - center) / (scale + eps)
+        center, spread = _center_spread(ref, method)
+        result[index] = values[index] - center
+        if scale == "plate":
+            result[index] /= spread + eps
+    if scale != "plate":
+        for _, index in _groups(table, batch_column if scale == "batch" else None).items():
+            _, spread = _center_spread(result[index[is_control[index]]], method)
+            result[index] /= spread + eps
     out[features] = result.astype(np.float32)
     return out
+
+
+def _center_spread(ref: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature: (median, 1.4826 MAD) of ``ref``'s rows, or (mean, standard deviation)."""
+    # A feature missing in every control well (e.g. CellProfiler's NormalizedMoment_0_0, NaN by
+    # definition) stays NaN; numpy's "All-NaN slice" warning for it says nothing the NaN does not.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if method == "mad_robustize":
+            center = np.nanmedian(ref, axis=0)
+            return center, MAD_TO_SD * np.nanmedian(np.abs(ref - center), axis=0)
+        return np.nanmean(ref, axis=0), np.nanstd(ref, axis=0)
 
 
 def _groups(table: pd.DataFrame, by: str | None) -> dict:
@@ -251,10 +271,11 @@ class PlateNormalizer:
     controls: tuple[str, ...] = ("negative_control", "positive_control")
     control_query: str | None = None  # a pandas query for the control rows; overrides controls
     plate_keys: tuple[str, ...] = PLATE_KEYS
+    scale: str = "batch"  # whose controls' spread: "plate", "batch" (batch_column's, or the table's), "all"
     tvn: bool = False
-    sphere: bool = False
-    sphere_regularization: float = 0.1
-    batch_column: str | None = None  # sphere each batch with its own controls (None: the whole table)
+    sphere: bool = True
+    sphere_regularization: float = 5.0
+    batch_column: str | None = None  # the batches scale and sphere work in (None: the whole table is one)
     blocklist: tuple[str, ...] = DEFAULT_BLOCKLIST
     max_missing: float = 0.05
     max_correlation: float = 0.95
@@ -268,7 +289,8 @@ class PlateNormalizer:
 
     def _normalize(self, table: pd.DataFrame, features: list[str]) -> pd.DataFrame:
         out = normalize_plates(table, features, method=self.method, controls=self.controls, eps=self.eps,
-                               plate_keys=self.plate_keys, control_query=self.control_query)  # fmt: skip
+                               plate_keys=self.plate_keys, control_query=self.control_query, scale=self.scale,
+                               batch_column=self.batch_column)  # fmt: skip
         if self.tvn:
             out = typical_variation(out, features, controls=self.controls, eps=self.eps, control_query=self.control_query,
                                     by="Metadata_Experiment" if self.batch_column is None else self.batch_column)  # fmt: skip

@@ -101,12 +101,14 @@ def ours(raw: pd.DataFrame, variants: dict[str, dict]) -> dict[str, pd.DataFrame
 
 
 VARIANTS = {
-    "cellfeat normalize, defaults": {},
-    "+ sphere, whole table, r 0.01": {"sphere": True, "sphere_regularization": 0.01},
-    "+ sphere, whole table, r 0.1": {"sphere": True, "sphere_regularization": 0.1},
-    "+ sphere, whole table, r 1": {"sphere": True, "sphere_regularization": 1.0},
-    "+ sphere per batch, r 0.1": {"sphere": True, "sphere_regularization": 0.1, "batch_column": "Metadata_Batch"},
-    "+ sphere per batch, r 1": {"sphere": True, "sphere_regularization": 1.0, "batch_column": "Metadata_Batch"},
+    "cellfeat normalize, defaults, --batch-column Metadata_Batch": {"batch_column": "Metadata_Batch"},
+    "cellfeat normalize, defaults, no batch column": {},
+    "  scale plate, no sphere (RxRx1's [fit.normalize])": {"scale": "plate", "sphere": False},
+    "  scale batch, no sphere": {"batch_column": "Metadata_Batch", "sphere": False},
+    "  scale batch, sphere r 1": {"batch_column": "Metadata_Batch", "sphere_regularization": 1.0},
+    "  scale batch, sphere r 20": {"batch_column": "Metadata_Batch", "sphere_regularization": 20.0},
+    "  scale batch, max_correlation 0.9": {"batch_column": "Metadata_Batch", "max_correlation": 0.9},
+    "  scale all, sphere per batch": {"batch_column": "Metadata_Batch", "scale": "all"},
 }
 
 

@@ -67,7 +67,7 @@ def test_select_features_drops_constant_missing_and_correlated():
 def test_normalizer_applies_to_new_plates_and_checks_features():
     rng = np.random.default_rng(2)
     train = _plates(rng)
-    norm = PlateNormalizer().fit(train, ["f1", "f2", "f3"])
+    norm = PlateNormalizer(scale="plate", sphere=False).fit(train, ["f1", "f2", "f3"])  # RxRx1's settings
     assert norm.features_ == ["f1", "f2", "f3"]
     test = _plates(rng, gains=(5.0, 0.5), offsets=(-3.0, 7.0)).assign(Metadata_Experiment="E-02")
     out = norm.transform(test)
@@ -103,13 +103,21 @@ def _batches(rng, n_batches=3, plates_per_batch=2, n_ctrl=12, n_treat=20, p=6):
 
 def test_any_table_normalizes_with_a_control_query_and_its_plate_column():
     table = _batches(np.random.default_rng(3))
-    normalizer = PlateNormalizer(control_query='Metadata_Compound == "DMSO"', plate_keys=("Metadata_Plate",),
-                                 max_correlation=1.0).fit(table)  # fmt: skip
-    out = normalizer.transform(table)
     features = [f"f{j}" for j in range(6)]
-    assert normalizer.features_ == features and list(out.columns[:3]) == ["Metadata_Plate", "Metadata_Batch", "Metadata_Compound"]
-    controls = out[out.Metadata_Compound == "DMSO"]
-    assert controls.groupby("Metadata_Plate")[features].median().abs().to_numpy().max() < 1e-5
+
+    def mad(s):
+        return 1.4826 * (s - s.median()).abs().median()
+
+    for scale, by in (("plate", "Metadata_Plate"), ("batch", "Metadata_Batch"), ("all", None)):
+        normalizer = PlateNormalizer(control_query='Metadata_Compound == "DMSO"', plate_keys=("Metadata_Plate",),
+                                     scale=scale, batch_column="Metadata_Batch", sphere=False,
+                                     max_correlation=1.0).fit(table)  # fmt: skip
+        out = normalizer.transform(table)
+        assert normalizer.features_ == features and list(out.columns[:3]) == ["Metadata_Plate", "Metadata_Batch", "Metadata_Compound"]
+        controls = out[out.Metadata_Compound == "DMSO"]
+        assert controls.groupby("Metadata_Plate")[features].median().abs().to_numpy().max() < 1e-5  # each plate centred
+        spread = controls.groupby(by)[features].agg(mad) if by else controls[features].agg(mad).to_frame().T
+        np.testing.assert_allclose(spread.to_numpy(), 1.0, rtol=1e-4)  # the spread of the scale's controls
     with pytest.raises(NormalizationError, match="not a pandas query"):
         PlateNormalizer(control_query="Metadata_Compound ==", plate_keys=("Metadata_Plate",)).fit(table)
     with pytest.raises(NormalizationError, match="has no control wells"):
