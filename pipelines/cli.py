@@ -105,11 +105,22 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles", "--wells", dest="wells", required=True, metavar="PROFILES",
                    help="profile tables of cellfeat extract: OUT/sites (one row a site, used as [fit] sites says) or "
                         "OUT/wells (one row a well), or one parquet file")
-    p.add_argument("--metadata", required=True, help="RxRx1 metadata folder or CSV: labels and siRNA groups")
+    p.add_argument("--metadata", help="RxRx1 metadata folder or CSV: labels and siRNA groups (needed without --label)")
     p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml ([fit] tables; defaults in pipelines/settings.py)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--folds", type=int, help="cross-validation folds grouped by experiment (default from config; 0 = none)")
     p.add_argument("--per-cell-type", action="store_true", help="one model per cell type")
+    generic = p.add_argument_group("any profile table (instead of RxRx1's siRNAs; pipelines/fit_labels.py)")
+    generic.add_argument("--label", help="column to learn, e.g. Metadata_MoA: LightGBM on any table, normalized as "
+                                          "cellfeat normalize does ([normalize] and [model] of --config)")
+    generic.add_argument("--group", help="with --label: folds hold out whole groups, e.g. Metadata_Compound "
+                                         "(--folds: that many folds; default one group a fold; 0: none)")
+    generic.add_argument("--treatment", help="with --label: comma-separated columns a treatment is, for the "
+                                             "treatment-level accuracy (default --group)")
+    generic.add_argument("--controls", help="with --label: pandas query of the control rows (normalization's reference, not learned)")
+    generic.add_argument("--plate-column", help="with --label: columns naming a plate (default Metadata_Experiment,Metadata_Plate)")
+    generic.add_argument("--batch-column", help="with --label: the batches the normalizer scales and spheres in")
+    generic.add_argument("--sphere", action=argparse.BooleanOptionalAction, default=None, help="with --label: sphere each batch")
 
 
 def _add_normalize(p: argparse.ArgumentParser) -> None:

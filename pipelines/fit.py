@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cellfeat.aggregate import WELL_KEYS, mean_over_sites
-from cellfeat.errors import DataError, FileMissingError
+from cellfeat.errors import DataError, FileMissingError, InputError
 from cellfeat.layout import N_TREATMENTS, read_metadata, sirna_groups
 from cellfeat.model import SirnaClassifier, experiment_folds, full_proba, score_by
 from cellfeat.normalize import PlateNormalizer, feature_columns
@@ -257,6 +257,14 @@ def format_report(summary: dict, chance: float) -> str:
 
 
 def run(args) -> int:
+    if getattr(args, "label", None):  # any table, any label
+        from pipelines import fit_labels
+
+        if not args.group:
+            raise InputError("--label needs --group: the column whose values the folds hold out (e.g. Metadata_Compound)")
+        return fit_labels.run(args)
+    if not args.metadata:
+        raise InputError("cellfeat fit needs --metadata (RxRx1's labels), or --label and --group for any profile table")
     config = load_config(args.config, rxrx1=True)  # fit learns RxRx1's siRNAs (its metadata gives the labels)
     check_tables(config)
     fit = fit_settings(config)
