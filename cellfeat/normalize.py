@@ -21,6 +21,7 @@ columns name a plate: ``plate_keys``.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -205,6 +206,35 @@ def sphere(values: np.ndarray, is_control: np.ndarray, groups: dict, *, regulari
     return out
 
 
+def harmonize(values: np.ndarray, batches: pd.Series, *, components: int, seed: int = 0) -> np.ndarray:
+    """Harmony (``harmonypy``, Korsunsky et al. 2019) on the rows' top principal components, the
+    correction projected back onto the features: ``X + (Z_harmony - Z) V^T`` with ``Z = X_c V``,
+    ``V`` the top ``components`` right singular vectors of the centred rows. What lies outside
+    those components is left as it was, and the columns keep their names. Harmony is
+    transductive: the rows given are corrected together (all batches at once)."""
+    try:
+        import harmonypy
+    except ImportError as exc:
+        raise NormalizationError(
+            "harmony = true needs harmonypy: pip install 'cellfeat[profiles]' (or pip install harmonypy)"
+        ) from exc
+    values = np.nan_to_num(np.asarray(values, np.float64))
+    if batches.nunique() < 2:
+        raise NormalizationError(f"Harmony needs 2 or more batches in {batches.name!r}; the rows hold {batches.nunique()}")
+    centred = values - values.mean(axis=0)
+    k = max(1, min(components, len(values) - 1, values.shape[1]))
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    basis = vt[:k].T
+    scores = centred @ basis
+    meta = pd.DataFrame({"batch": batches.astype(str).to_numpy()})
+    logging.getLogger("harmonypy").setLevel(logging.WARNING)
+    corrected = np.asarray(harmonypy.run_harmony(scores, meta, ["batch"], random_state=seed, verbose=False).Z_corr)
+    if corrected.shape != scores.shape:  # harmonypy < 2 returned components x rows
+        raise NormalizationError(f"harmonypy {getattr(harmonypy, '__version__', '?')} returned {corrected.shape} for "
+                                 f"{scores.shape}: install harmonypy>=2")  # fmt: skip
+    return values + (corrected - scores) @ basis.T
+
+
 DEFAULT_BLOCKLIST = ("Location_", "_Center_", "Number_Object_Number", "Parent_", "Children_", "ObjectNumber")
 
 
@@ -276,6 +306,8 @@ class PlateNormalizer:
     sphere: bool = True
     sphere_regularization: float = 5.0
     batch_column: str | None = None  # the batches scale and sphere work in (None: the whole table is one)
+    harmony: bool = False  # Harmony across batch_column's batches after sphering (transductive; needs harmonypy)
+    harmony_components: int = 50
     blocklist: tuple[str, ...] = DEFAULT_BLOCKLIST
     max_missing: float = 0.05
     max_correlation: float = 0.95
@@ -328,4 +360,12 @@ class PlateNormalizer:
                             regularization=self.sphere_regularization)  # fmt: skip
             out = pd.concat([out[meta].reset_index(drop=True), pd.DataFrame(values.astype(np.float32), columns=self.features_)],
                             axis=1).set_axis(table.index)  # fmt: skip
+        if self.harmony:
+            if self.batch_column is None or self.batch_column not in table.columns:
+                raise NormalizationError(f"harmony corrects across batches: name the batch column (batch_column, "
+                                         f"--batch-column); got {self.batch_column!r}")  # fmt: skip
+            values = harmonize(out[self.features_].to_numpy(np.float64), table[self.batch_column],
+                               components=self.harmony_components)  # fmt: skip
+            out = out.copy()
+            out[self.features_] = values.astype(np.float32)
         return out

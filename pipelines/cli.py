@@ -121,6 +121,8 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     generic.add_argument("--plate-column", help="with --label: columns naming a plate (default Metadata_Experiment,Metadata_Plate)")
     generic.add_argument("--batch-column", help="with --label: the batches the normalizer scales and spheres in")
     generic.add_argument("--sphere", action=argparse.BooleanOptionalAction, default=None, help="with --label: sphere each batch")
+    generic.add_argument("--harmony", action=argparse.BooleanOptionalAction, default=None,
+                         help="with --label: Harmony across --batch-column's batches (needs harmonypy)")
 
 
 def _add_normalize(p: argparse.ArgumentParser) -> None:
@@ -131,6 +133,10 @@ def _add_normalize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-column", help="sphere each batch with its own controls, e.g. Metadata_Batch (default: the whole table)")
     p.add_argument("--sphere", action=argparse.BooleanOptionalAction, default=None,
                    help="sphere (regularized ZCA on the controls) after the per-plate step (default from config)")
+    p.add_argument("--harmony", action=argparse.BooleanOptionalAction, default=None,
+                   help="Harmony (harmonypy) across --batch-column's batches on the top principal components, after "
+                        "sphering; default off: on BBBC021, whose compounds each sit in one batch, it removes the "
+                        "mechanisms with the batches (README)")
     p.add_argument("--config", help="TOML with a [normalize] table (PlateNormalizer's fields; defaults in cellfeat/normalize.py)")
     p.add_argument("--out", required=True, help="Parquet file to write")
 

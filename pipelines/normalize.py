@@ -36,6 +36,8 @@ def normalizer_from(config: dict, args) -> PlateNormalizer:
         table["batch_column"] = args.batch_column
     if args.sphere is not None:
         table["sphere"] = args.sphere
+    if getattr(args, "harmony", None) is not None:
+        table["harmony"] = args.harmony
     return PlateNormalizer(**table)
 
 
@@ -59,6 +61,6 @@ def run(args) -> int:
     write_parquet(out, path, provenance)
     log.info("%d rows of %d plates: %d of %d features kept (blocklist, missing, constant, correlated); %s%s -> %s",
              len(out), table.groupby(list(normalizer.plate_keys)).ngroups, len(normalizer.features_), len(features),
-             normalizer.method, ", sphered" + (f" per {normalizer.batch_column}" if normalizer.batch_column else "")
-             if normalizer.sphere else "", path)  # fmt: skip
+             normalizer.method, (", sphered" + (f" per {normalizer.batch_column}" if normalizer.batch_column else "")
+             if normalizer.sphere else "") + (", Harmony" if normalizer.harmony else ""), path)  # fmt: skip
     return 0

@@ -109,6 +109,9 @@ VARIANTS = {
     "  scale batch, sphere r 20": {"batch_column": "Metadata_Batch", "sphere_regularization": 20.0},
     "  scale batch, max_correlation 0.9": {"batch_column": "Metadata_Batch", "max_correlation": 0.9},
     "  scale all, sphere per batch": {"batch_column": "Metadata_Batch", "scale": "all"},
+    "  + Harmony (50 PCs) after sphering": {"batch_column": "Metadata_Batch", "harmony": True},
+    "  Harmony (50 PCs) instead of sphering": {"batch_column": "Metadata_Batch", "sphere": False, "harmony": True},
+    "  + Harmony (20 PCs) after sphering": {"batch_column": "Metadata_Batch", "harmony": True, "harmony_components": 20},
 }
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellfeat.normalize import NormalizationError, PlateNormalizer, normalize_plates, select_features
+from cellfeat.normalize import NormalizationError, PlateNormalizer, harmonize, normalize_plates, select_features
 
 
 def _plates(rng, gains=(1.0, 3.0), offsets=(0.0, 10.0), n_treat=30, n_ctrl=8):
@@ -150,3 +150,33 @@ def test_location_features_are_blocked_by_default():
     common = dict(control_query='Metadata_Compound == "DMSO"', plate_keys=("Metadata_Plate",), max_correlation=1.0)
     assert not any("Center" in f for f in PlateNormalizer(**common).fit(table).features_)
     assert "Nuclei_Location_Center_X" in PlateNormalizer(blocklist=(), **common).fit(table).features_
+
+
+def test_harmony_removes_a_batch_shift_and_keeps_the_treatments_apart():
+    pytest.importorskip("harmonypy", reason="harmonypy is in the profiles extra")
+    rng = np.random.default_rng(6)
+    p, signature = 8, rng.normal(0, 1, 8)
+    rows, batches = [], []
+    for b, shift in enumerate((np.zeros(p), rng.normal(0, 3, p), rng.normal(0, 3, p))):
+        for i in range(120):
+            rows.append(rng.normal(0, 1, p) + (2 if i % 2 else -2) * signature + shift)
+            batches.append(f"B{b}")
+    values, batches = np.array(rows), pd.Series(batches, name="Metadata_Batch")
+    up = np.arange(len(values)) % 2 == 1
+
+    def spread_of_batch_means(x):
+        return np.linalg.norm(pd.DataFrame(x).groupby(batches.to_numpy()).mean().std(axis=0).to_numpy())
+
+    corrected = harmonize(values, batches, components=8)
+    assert spread_of_batch_means(corrected) < 0.3 * spread_of_batch_means(values)  # the batches brought together
+    gap = np.linalg.norm(corrected[up].mean(axis=0) - corrected[~up].mean(axis=0))
+    assert gap > 0.8 * np.linalg.norm(4 * signature)  # the treatments still apart
+    with pytest.raises(NormalizationError, match="2 or more batches"):
+        harmonize(values, pd.Series(["B0"] * len(values), name="Metadata_Batch"), components=8)
+
+    table = _batches(np.random.default_rng(7))
+    common = dict(control_query='Metadata_Compound == "DMSO"', plate_keys=("Metadata_Plate",), max_correlation=1.0)
+    out = PlateNormalizer(harmony=True, batch_column="Metadata_Batch", **common).fit(table).transform(table)
+    assert list(out.columns) == list(PlateNormalizer(**common, batch_column="Metadata_Batch").fit(table).transform(table).columns)
+    with pytest.raises(NormalizationError, match="name the batch column"):
+        PlateNormalizer(harmony=True, **common).fit(table).transform(table)
