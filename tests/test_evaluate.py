@@ -131,3 +131,47 @@ def test_normalize_then_evaluate_from_the_command_line(bbbc021, tmp_path):
     assert "NSCB" in (out / "report.txt").read_text()
     assert main(["evaluate", "--profiles", str(normalized), "--label", "Metadata_MoA", "--group", "Metadata_Compound",
                  "--controls", "Metadata_Compound ==", "--out", str(out)]) == 2  # a bad query: a clear error, exit 2
+
+
+def _rxrx1_wells(folder, rng, *, experiments=3, sirnas=12) -> None:
+    """OUT/wells as ``cellfeat extract`` writes it for RxRx1: one Parquet file an experiment, its
+    plates with gains and offsets of their own, every siRNA once an experiment, 8 negative controls
+    a plate; a siRNA moves the wells along a direction of its own."""
+    signature = {s: rng.normal(0, 3, 10) for s in range(sirnas)}
+    folder.mkdir()
+    for e in range(1, experiments + 1):
+        rows = []
+        for plate in (1, 2):
+            gain, offset = rng.uniform(0.5, 2, 10), rng.normal(0, 5, 10)
+            wells = [("negative_control", 1138)] * 8 + [("treatment", s) for s in range(sirnas) if s % 2 == plate - 1]
+            for i, (kind, sirna) in enumerate(wells):
+                x = rng.normal(0, 1, 10) + (signature[sirna] if kind == "treatment" else 0)
+                rows.append({"Metadata_Experiment": f"HUVEC-{e:02d}", "Metadata_Plate": plate, "Metadata_Well": f"B{i + 2:02d}",
+                             "Metadata_WellType": kind, "Metadata_Sirna": sirna,
+                             **{f"Cells_Intensity_f{j}": v for j, v in enumerate(gain * x + offset)}})  # fmt: skip
+        pd.DataFrame(rows).to_parquet(folder / f"HUVEC-{e:02d}.parquet")
+
+
+def test_rxrx1_wells_retrieve_their_sirna_in_other_experiments(tmp_path):
+    import json
+
+    from pipelines.cli import main
+
+    _rxrx1_wells(tmp_path / "wells", np.random.default_rng(8))
+    controls = 'Metadata_WellType == "negative_control"'
+    normalized = tmp_path / "normalized.parquet"
+    assert main(["normalize", "--profiles", str(tmp_path / "wells"), "--controls", controls,
+                 "--plate-column", "Metadata_Experiment,Metadata_Plate", "--batch-column", "Metadata_Experiment",
+                 "--no-sphere", "--out", str(normalized)]) == 0  # fmt: skip
+    reports = {}
+    for name, source in (("normalized", normalized), ("raw", tmp_path / "wells")):
+        out = tmp_path / f"eval_{name}"
+        assert main(["evaluate", "--profiles", str(source), "--label", "Metadata_Sirna", "--group", "Metadata_Experiment",
+                     "--treatment", "Metadata_Experiment,Metadata_Sirna", "--controls", controls, "--null-size", "200",
+                     "--out", str(out)]) == 0  # fmt: skip
+        reports[name] = json.loads((out / "report.json").read_text())
+        assert reports[name]["treatments"] == 36 and reports[name]["map_labels"] == 12
+    # each siRNA's nearest profile of another experiment is the same siRNA, once each plate is normalized
+    assert reports["normalized"]["nsc"] > 0.8 and reports["normalized"]["map"] > 0.6
+    # raw, the plates' own gains and offsets hide it
+    assert reports["raw"]["nsc"] < reports["normalized"]["nsc"] - 0.3 and reports["raw"]["map"] < 0.3
