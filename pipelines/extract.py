@@ -226,6 +226,8 @@ def _execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pr
              device_stages: str) -> tuple[list[UnitResult], dict[str, float]]:  # fmt: skip
     from pipelines.extract_device import run_pipelined, use_main_process
 
+    if not units:  # every plate already finished: nothing to start (no workers, no warm-up)
+        return [], {}
     if use_main_process(device_stages, ctx, jobs=jobs, dask=dask):
         bound = ctx.settings.extract.device_queue or 2 * jobs
         return run_pipelined(units, ctx, jobs=jobs, queue_units=bound, progress=progress)

@@ -115,6 +115,8 @@ def test_killed_run_resumes_and_gives_the_same_tables(dataset, reference, tmp_pa
     plate_mtime = (out / "cells" / "U2OS-01" / "Plate1.parquet").stat().st_mtime_ns
     assert main(_argv(dataset, out)) == 0  # everything done: plates are skipped, not redone
     assert (out / "cells" / "U2OS-01" / "Plate1.parquet").stat().st_mtime_ns == plate_mtime
+    assert main(_argv(dataset, out, "--jobs", "2")) == 0  # nothing to do with workers either (no warm-up of none)
+    assert (out / "cells" / "U2OS-01" / "Plate1.parquet").stat().st_mtime_ns == plate_mtime
     assert main(_argv(dataset, out, "--plates", "1", "--overwrite")) == 0
     assert (out / "cells" / "U2OS-01" / "Plate1.parquet").stat().st_mtime_ns != plate_mtime
     assert (out / "wells" / "U2OS-01.parquet").stat().st_mtime_ns != mtime
