@@ -240,11 +240,12 @@ class Run:
         return self.seconds / self.sites
 
 
-def run_extract(run: Run, data: Path, metadata: Path, work: Path, config: str | None, no_embed: bool, keep: bool) -> Run:
+def run_extract(run: Run, data: Path, metadata: Path, work: Path, config: str | None, no_embed: bool, keep: bool,
+                segmenter: str = "classical") -> Run:  # fmt: skip
     """One ``cellfeat extract`` subprocess: wall time, cells written, peak RSS of main and workers."""
     out = work / "out"
     run.argv = ["extract", "--data-root", str(data), "--metadata", str(metadata), "--experiment", run.experiment,
-                "--out", str(out), "--jobs", str(run.jobs), "--segmenter", "classical"]  # fmt: skip
+                "--out", str(out), "--jobs", str(run.jobs), "--segmenter", segmenter]  # fmt: skip
     run.argv += ["--config", config] if config else []
     run.argv += ["--no-embed"] if no_embed else []
     result_file, log_file = work / "child.json", work / "extract.log"
@@ -553,6 +554,9 @@ def get_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--family-sites", type=int, default=2, help="sites a cell type in the family split (default 2; 0 = skip)")
     p.add_argument("--config", help="TOML config merged over configs/rxrx1.toml, passed to every run")
     p.add_argument("--no-embed", action="store_true", help="leave out the CNN embeddings")
+    p.add_argument("--segmenter", choices=["classical", "cellpose"], default="classical",
+                   help="of the extract runs (default classical; the in-process stage split stays classical); "
+                        "cellpose needs its weights: scripts/device_extract.sh writes random ones for timing")
     p.add_argument("--workdir", type=Path, help="folder for the dataset and outputs (default: a temporary one, removed)")
     p.add_argument("--keep", action="store_true", help="keep the dataset and the extract outputs")
     p.add_argument("--json", type=Path, help="also write every number here")
@@ -597,7 +601,7 @@ def main(argv: list[str] | None = None) -> None:
         wells = first_wells(metadata, source.experiment, run.wells)
         slug = run.name.replace(" ", "_")
         meta = write_metadata(work / "metadata" / slug, metadata, source.experiment, run.plates, wells)
-        run_extract(run, data, meta, work / "runs" / slug, args.config, args.no_embed, args.keep)
+        run_extract(run, data, meta, work / "runs" / slug, args.config, args.no_embed, args.keep, args.segmenter)
         print(f"  {run.name}: {run.sites} sites, {run.cells} cells, {run.seconds:.1f} s ({run.per_site:.2f} s/site), "
               f"main {run.main_peak_mib:.0f} MiB, worker {run.worker_peak_mib:.0f} MiB", flush=True)  # fmt: skip
         return run
