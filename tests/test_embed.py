@@ -203,6 +203,29 @@ def test_embeddings_are_deterministic_and_batch_independent(channels):
     np.testing.assert_allclose(embedder.embed(crops[3:4]), first[3:4], rtol=1e-4, atol=1e-5)
 
 
+def test_the_network_sees_few_batch_shapes_and_padding_changes_no_number():
+    seen = []
+    backbone = E.build_backbone()
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = backbone
+
+        def forward(self, x):
+            seen.append(len(x))
+            return self.net(x)
+
+    embedder = E.Embedder(Recorder(), name="L0", device="cpu", batch_size=8)
+    crops = np.random.default_rng(4).standard_normal((21, 6, 32, 32)).astype(np.float32)
+    alone = np.concatenate([embedder.embed(crops[i : i + 1]) for i in range(len(crops))])
+    seen.clear()
+    for n in range(1, 22):  # every last-batch size from 1 to 7, and whole batches
+        np.testing.assert_allclose(embedder.embed(crops[:n]), alone[:n], rtol=1e-4, atol=1e-5)
+    assert set(seen) == {1, 2, 4, 8}  # the powers of two up to batch_size: 4 shapes, not 8
+    assert [E.padded_batch(n, 512) for n in (1, 3, 100, 511, 512, 600)] == [1, 4, 128, 512, 512, 600]
+
+
 @pytest.mark.realdata
 def test_real_rxrx1_crops_give_finite_embeddings(real_sites):
     from scipy import ndimage as ndi
