@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
 
 DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+# a network's arithmetic: "auto" = bfloat16 autocast on a CUDA GPU (float16 where it has no
+# bfloat16), float32 on the CPU; the others as named, anywhere
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class DeviceError(ConfigError):
@@ -59,3 +62,17 @@ def resolve_device(device: str = "auto") -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise DeviceError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (:data:`PRECISIONS`) on ``device`` (``None``: plain
+    float32). One rule for the embeddings and Cellpose."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise DeviceError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -55,7 +55,7 @@ from cellfeat.crops import (  # noqa: F401  (re-exported: cellfeat.embed is the 
     site_tables,
     site_windows,
 )
-from cellfeat.device import resolve_device
+from cellfeat.device import resolve_device, resolve_precision
 from cellfeat.embed_config import (  # noqa: F401
     AUTO_BATCH,
     DEFAULT_BACKBONE,
@@ -302,18 +302,6 @@ def build_backbone(
 
 
 # --------------------------------------------------------------------------- inference
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``precision`` on ``device`` (``None``: plain float32). ``"auto"`` is
-    bfloat16 on a CUDA GPU that supports it (float16 on one that does not) and float32 on the CPU."""
-    if precision not in PRECISIONS:
-        raise EmbedError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def padded_batch(n: int, batch_size: int) -> int:

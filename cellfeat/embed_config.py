@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
+from cellfeat.device import PRECISIONS
 from cellfeat.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ def backbone_label(backbone: str) -> str:
     return re.sub(r"[^0-9A-Za-z]", "", backbone.rpartition(":")[2]) or "Custom"
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # crops a forward pass with batch_size = 0 ("auto"): small batches stay in a CPU's caches (32 was the
 # fastest at 64 px on 2 cores, scripts/bench_embed.py), a GPU needs large ones to be kept busy
 AUTO_BATCH = {"cpu": 32, "cuda": 512}

@@ -65,7 +65,7 @@ def build_cellpose(settings: Settings):
     cp, segment = settings.segment.cellpose, settings.segment
     try:
         return CellposeSegmenter(nuclei_model=cp.nuclei_model, cell_model=cp.cell_model, models_dir=cp.models_dir,
-                                 device=cp.device, batch_size=cp.batch_size, nuclei_channel=segment.nuclei_channel,
+                                 device=cp.device, precision=cp.precision, batch_size=cp.batch_size, nuclei_channel=segment.nuclei_channel,
                                  cell_channels=segment.cell_channels, flow_threshold=cp.flow_threshold,
                                  cellprob_threshold=cp.cellprob_threshold)  # fmt: skip
     except ImportError as exc:  # its message names the install step: report it like other errors

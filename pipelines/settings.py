@@ -19,6 +19,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
+from cellfeat.device import PRECISIONS
 from cellfeat.embed_config import EmbedConfig
 from cellfeat.errors import ConfigError
 from cellfeat.layout import channel_name
@@ -145,6 +146,7 @@ class CellposeSettings:
     cell_model: str | None = None
     models_dir: str | None = None
     device: str = "auto"
+    precision: str = "auto"  # cellfeat.device.PRECISIONS: "auto" = bf16 autocast on a GPU, fp32 on the CPU
     batch_size: int = 0  # tiles a forward pass; 0: cellfeat.segment.cellpose.AUTO_TILES for the device
     batch_sites: int = 16
     flow_threshold: float = 0.4
@@ -323,6 +325,8 @@ def _segment(config: dict, channels: ChannelSettings) -> SegmentSettings:
     cellpose = CellposeSettings(**{**cp, "diameters": diameters})
     if cellpose.batch_sites < 1 or cellpose.batch_size < 0:
         raise SettingsError("[segment.cellpose] batch_sites must be at least 1 and batch_size at least 0 (0: by the device)")
+    if cellpose.precision not in PRECISIONS:
+        raise SettingsError(f"[segment.cellpose] precision must be one of {PRECISIONS}, got {cellpose.precision!r}")
     return SegmentSettings(segmenter=segmenter, drop_border=plain.get("drop_border", False),
                            nuclei_channel=channels.index(channels.nuclei, "[channels] nuclei"), cell_channels=cell_channels,
                            classical=classical, cellpose=cellpose)  # fmt: skip

@@ -80,8 +80,9 @@ def bench_rxrx1(out: Path, repeats: int) -> list[np.ndarray]:
     return sites
 
 
-def bench_cellpose(sites: list[np.ndarray], batch: int, device: str = "cpu", repeats: int = 1) -> dict:
-    """The Cellpose adapter's throughput on ``batch`` sites (the real sites, cycled) in one call."""
+def bench_cellpose(sites: list[np.ndarray], batch: int, device: str = "cpu", repeats: int = 1, precision: str = "auto") -> dict:
+    """The Cellpose adapter's throughput on ``batch`` sites (the real sites, cycled) in one call,
+    its networks in ``precision`` (``[segment.cellpose] precision``)."""
     import torch
     from cellpose.resnet_torch import CPnet
 
@@ -94,7 +95,8 @@ def bench_cellpose(sites: list[np.ndarray], batch: int, device: str = "cpu", rep
             net = CPnet([2, 32, 64, 128, 256], 3, sz=3, diam_mean=diam)
             paths[name] = Path(tmp) / f"random_{name}"
             torch.save(net.state_dict(), paths[name])
-        segmenter = CellposeSegmenter(nuclei_model=paths["nuclei"], cell_model=paths["cyto3"], device=device)
+        segmenter = CellposeSegmenter(nuclei_model=paths["nuclei"], cell_model=paths["cyto3"], device=device,
+                                      precision=precision)  # fmt: skip
         chunk = [sites[i % len(sites)] for i in range(batch)]
         segmenter.segment_batch(chunk[:2], diameter=(14.0, 40.0))  # warm-up (MKL or cuDNN, allocator)
         best = np.inf
@@ -105,10 +107,11 @@ def bench_cellpose(sites: list[np.ndarray], batch: int, device: str = "cpu", rep
             results = segmenter.segment_batch(chunk, diameter=(14.0, 40.0))
             best = min(best, time.perf_counter() - start)
     where = segmenter.device_.type if segmenter.device_.type != "cpu" else f"CPU, torch threads={torch.get_num_threads()}"
-    print(f"cellpose (random weights, {where}, {segmenter.batch_size_} tiles a pass): {len(chunk)} sites in one batch, "
+    dtype = str(segmenter.autocast_ or "float32").removeprefix("torch.")
+    print(f"cellpose (random weights, {where}, {dtype}, {segmenter.batch_size_} tiles a pass): {len(chunk)} sites in one batch, "
           f"{best:.2f} s, {len(chunk) / best:.2f} sites/s; objects per site {[r.count for r in results[:8]]}...")
     return {"device": str(segmenter.device_), "sites": len(chunk), "seconds": best, "sites_per_s": len(chunk) / best,
-            "tiles_a_pass": segmenter.batch_size_}  # fmt: skip
+            "tiles_a_pass": segmenter.batch_size_, "precision": precision, "dtype": dtype}  # fmt: skip
 
 
 def main() -> None:
@@ -118,6 +121,8 @@ def main() -> None:
     parser.add_argument("--cellpose", action="store_true", help="also time the Cellpose adapter (random weights)")
     parser.add_argument("--cellpose-sites", type=int, default=4, help="sites in the Cellpose batch (the real ones, cycled)")
     parser.add_argument("--cellpose-device", default="cpu", help="cpu (default), cuda, or auto")
+    parser.add_argument("--cellpose-precision", default="auto",
+                        help="comma-separated [segment.cellpose] precisions to time, e.g. auto,fp32 (default auto)")
     parser.add_argument("--cellpose-only", action="store_true", help="skip the classical benchmarks (1. and 3.)")
     parser.add_argument("--json", type=Path, help="write the Cellpose numbers here")
     args = parser.parse_args()
@@ -133,9 +138,10 @@ def main() -> None:
         bench_dsb(args.out)
         sites = bench_rxrx1(args.out, args.repeats)
     if args.cellpose or args.cellpose_only:
-        numbers = bench_cellpose(sites, args.cellpose_sites, args.cellpose_device, repeats=2)
+        numbers = [bench_cellpose(sites, args.cellpose_sites, args.cellpose_device, repeats=2, precision=p)
+                   for p in args.cellpose_precision.split(",")]  # fmt: skip
         if args.json:
-            args.json.write_text(json.dumps(numbers, indent=2))
+            args.json.write_text(json.dumps(numbers if len(numbers) > 1 else numbers[0], indent=2))
     print(f"overlays in {args.out}")
 
 

@@ -14,7 +14,7 @@
 #    >= 20 sites/s, HEPG2 >= 10 sites/s, main process < 2 GB;
 # 2. scripts/bench_segmentation.py --cellpose-only: the Cellpose 3 adapter (nuclei + cyto3
 #    architecture, random weights: no weights can be downloaded there) on 64 real sites (the 14,
-#    cycled) in one batch on the GPU; goal >= 20 sites/s. Random weights find no objects, so the
+#    cycled) in one batch on the GPU, its networks in bfloat16 ("auto") and in float32; goal >= 20 sites/s. Random weights find no objects, so the
 #    mask step (cellpose's dynamics) is cheaper than with real weights: an upper bound.
 # Locally (no GPU), SMOKE=1 runs the same steps tiny and on the CPU, to check the script itself.
 set -u
@@ -43,7 +43,7 @@ mark "end extract rc=$?"
 
 mark "start cellpose sites=$CP_SITES device=$CP_DEVICE"
 OMP_NUM_THREADS=4 timeout "$T2" "$PY" scripts/bench_segmentation.py --cellpose-only --cellpose-sites "$CP_SITES" \
-  --cellpose-device "$CP_DEVICE" --json "$OUT/cellpose.json" --out /tmp/seg-bench > "$OUT/cellpose.log" 2>&1
+  --cellpose-device "$CP_DEVICE" --cellpose-precision auto,fp32 --json "$OUT/cellpose.json" --out /tmp/seg-bench > "$OUT/cellpose.log" 2>&1
 mark "end cellpose rc=$?"
 
 [ -n "$SMI" ] && kill "$SMI"

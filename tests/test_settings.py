@@ -39,6 +39,7 @@ def test_an_unknown_key_in_any_table_is_an_error_naming_it(config, message):
     ({"segment": {"classical": {"nuclei": {"diameter": "big"}}}}, "[segment.classical] nuclei diameter = 'big': expected a number"),
     ({"features": {"families": "Intensity"}}, "[features] families = 'Intensity': expected an array"),
     ({"channels": {"colors": [[1, 2]] * 5}}, "[channels] colors = [1, 2]: expected an array of 3 values"),
+    ({"segment": {"cellpose": {"precision": "half"}}}, "[segment.cellpose] precision must be one of ('auto', 'fp32', 'bf16', 'fp16'), got 'half'"),
 ])  # fmt: skip
 def test_a_value_of_the_wrong_type_is_an_error_naming_the_key(config, message):
     with pytest.raises(SettingsError) as err:

@@ -16,6 +16,11 @@ Batching is real: all sites of a batch go to one ``model.eval`` call as an ``(N,
 stack (``z_axis=0``, planes segmented independently), so that the network sees
 ``batch_size`` tiles per forward pass across sites. (Passing a Python list would make
 cellpose loop over the images one by one.)
+
+``precision`` (``[segment.cellpose] precision``, the embeddings' rule: ``auto`` = bfloat16 on a
+CUDA GPU, float32 on the CPU) runs each network under autocast (:class:`_Autocast`), in
+channels-last layout on a GPU; its outputs are float32 again before cellpose copies them to
+numpy, and the flows stay within a stated tolerance of float32's (tests/test_segment.py).
 """
 
 from __future__ import annotations
@@ -135,6 +140,35 @@ class _QuietPlanes(logging.Filter):
 AUTO_TILES = {"cpu": 8, "cuda": 128}
 
 
+class _Autocast:
+    """Stands in for a cellpose network (``CellposeModel.net``): the same module run under autocast
+    in ``dtype``, its outputs cast back to float32 (cellpose copies them to numpy, which has no
+    bfloat16). cellpose reads ``device``, ``nout`` and ``mkldnn`` of its network and calls
+    ``eval()``; oneDNN's (mkldnn) tensors are off in both (they take float32 only)."""
+
+    def __init__(self, net, dtype):
+        import torch
+
+        self.net, self.dtype, self._torch = net, dtype, torch
+        self.device, self.nout, self.mkldnn = net.device, net.nout, False
+        net.mkldnn = False  # Cellpose 3's CPnet converts its input itself when set
+        self.channels_last = net.device.type == "cuda"
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)
+
+    def eval(self):
+        self.net.eval()
+        return self
+
+    def __call__(self, x):
+        torch = self._torch
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            out = self.net(x)
+        return tuple(o.float() if torch.is_tensor(o) and o.is_floating_point() else o for o in out)
+
+
 class CellposeSegmenter:
     """Nuclei + cells of ``(C, H, W)`` sites with two Cellpose models, in batches.
 
@@ -142,7 +176,8 @@ class CellposeSegmenter:
     ``nuclei_model`` / ``cell_model``: built-in names (3.x: ``"nuclei"``, ``"cyto3"``; 4.x:
     ``"cpsam"``) or weight-file paths; ``None`` picks the defaults of the installed version.
     ``device`` follows :func:`cellfeat.device.resolve_device` (``"auto"``: a GPU when torch sees
-    one; ``"cpu"``, ``"cuda"``, ``"cuda:N"``). ``batch_size`` is cellpose's number of
+    one; ``"cpu"``, ``"cuda"``, ``"cuda:N"``). ``precision``: ``"auto"`` (bfloat16 autocast on a
+    GPU, float32 on the CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``. ``batch_size`` is cellpose's number of
     224x224 tiles per forward pass (0: :data:`AUTO_TILES` for the device, in ``batch_size_``). ``cell_channels`` are 0-based site indices averaged
     (after per-channel normalisation) into the cytoplasm input.
     """
@@ -154,6 +189,7 @@ class CellposeSegmenter:
         cell_model: str | os.PathLike | None = None,
         models_dir: str | os.PathLike | None = None,
         device: str = "auto",
+        precision: str = "auto",
         batch_size: int = 0,
         nuclei_channel: int = 0,
         cell_channels: Sequence[int] = (1, 2, 5),
@@ -165,6 +201,7 @@ class CellposeSegmenter:
         self.cell_model = cell_model
         self.models_dir = models_dir
         self.device = device
+        self.precision = precision
         self.batch_size = batch_size
         self.nuclei_channel = nuclei_channel
         self.cell_channels = tuple(cell_channels)
@@ -180,9 +217,10 @@ class CellposeSegmenter:
         self.nuclei_weights_ = resolve_weights(nuclei_model or defaults[0], models_dir=models_dir, major=self.major_)
         self.cell_weights_ = resolve_weights(cell_model or defaults[1], models_dir=models_dir, major=self.major_)
         models = _import_models()
-        from cellfeat.device import resolve_device
+        from cellfeat.device import resolve_device, resolve_precision
 
         self.device_ = resolve_device(device)
+        self.autocast_ = resolve_precision(precision, self.device_)
         on_gpu = self.device_.type == "cuda"
         if batch_size < 0:
             raise ValueError(f"batch_size must be at least 0 (0: by the device), got {batch_size}")
@@ -192,7 +230,11 @@ class CellposeSegmenter:
             self.cell_net_ = self.nuclei_net_
         else:
             self.cell_net_ = models.CellposeModel(gpu=on_gpu, device=self.device_, pretrained_model=str(self.cell_weights_))
-        log.info("Cellpose %s.x on %s: nuclei %s, cells %s", self.major_, self.device_, self.nuclei_weights_, self.cell_weights_)
+        if self.autocast_ is not None:
+            for model in {id(m): m for m in (self.nuclei_net_, self.cell_net_)}.values():
+                model.net = _Autocast(model.net, self.autocast_)
+        log.info("Cellpose %s.x on %s (%s): nuclei %s, cells %s", self.major_, self.device_,
+                 str(self.autocast_ or "float32").removeprefix("torch."), self.nuclei_weights_, self.cell_weights_)  # fmt: skip
 
     def _stack(self, sites: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``(N, H, W)`` nuclear and cytoplasm planes, checked."""
