@@ -12,7 +12,8 @@ Methods (pycytominer's names):
 * optional typical-variation normalization (``tvn=True``): after the per-plate step, PCA
   whitening fitted on the control wells of each experiment (Ando et al. 2017);
 * optional sphering (``sphere=True``): after feature selection, regularized ZCA whitening fitted
-  on the control wells, of the whole table or of each batch (``batch_column``).
+  on the control wells (or ``sphere_rows``: every well, or a pandas query's rows), of the whole
+  table or of each batch (``batch_column``).
 
 Which rows are a plate's controls: RxRx1's well types (``controls``, ``Metadata_WellType``), or
 for any table a pandas query (``control_query``, e.g. ``'Metadata_Compound == "DMSO"'``); which
@@ -47,7 +48,7 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
 
 
 def control_rows(table: pd.DataFrame, *, controls: Sequence[str] = ("negative_control", "positive_control"),
-                 control_query: str | None = None) -> np.ndarray:  # fmt: skip
+                 control_query: str | None = None, name: str = "control query") -> np.ndarray:  # fmt: skip
     """The control rows, as a boolean array: those ``control_query`` selects (a pandas query), or
     else those whose ``Metadata_WellType`` is one of ``controls``."""
     if control_query is None:
@@ -58,10 +59,10 @@ def control_rows(table: pd.DataFrame, *, controls: Sequence[str] = ("negative_co
     try:
         chosen = table.eval(control_query)
     except Exception as exc:  # pandas raises many kinds for a bad expression
-        raise NormalizationError(f"control query {control_query!r} is not a pandas query over the table's columns "
+        raise NormalizationError(f"{name} {control_query!r} is not a pandas query over the table's columns "
                                  f"({type(exc).__name__}: {exc})") from exc  # fmt: skip
     if not isinstance(chosen, pd.Series) or chosen.dtype != bool:
-        raise NormalizationError(f"control query {control_query!r} must give True/False a row, e.g. 'Metadata_Compound == \"DMSO\"'")
+        raise NormalizationError(f"{name} {control_query!r} must give True/False a row, e.g. 'Metadata_Compound == \"DMSO\"'")
     return chosen.to_numpy()
 
 
@@ -195,7 +196,8 @@ def sphere(values: np.ndarray, is_control: np.ndarray, groups: dict, *, regulari
     for key, index in groups.items():
         ref = values[index[is_control[index]]]
         if len(ref) < 2:
-            raise NormalizationError(f"batch {key} has fewer than 2 control wells: sphering needs their covariance")
+            raise NormalizationError(f"batch {key} has fewer than 2 rows to fit sphering on (its control wells, or "
+                                     f"sphere_rows'): sphering needs their covariance")  # fmt: skip
         mean = ref.mean(axis=0)
         covariance = np.cov(ref - mean, rowvar=False).reshape(values.shape[1], values.shape[1])
         eigenvalues, vectors = np.linalg.eigh(covariance)
@@ -305,6 +307,7 @@ class PlateNormalizer:
     tvn: bool = False
     sphere: bool = True
     sphere_regularization: float = 5.0
+    sphere_rows: str = "controls"  # the rows sphering is fitted on: "controls", "all", or a pandas query
     batch_column: str | None = None  # the batches scale and sphere work in (None: the whole table is one)
     harmony: bool = False  # Harmony across batch_column's batches after sphering (transductive; needs harmonypy)
     harmony_components: int = 50
@@ -318,6 +321,13 @@ class PlateNormalizer:
 
     def _controls(self, table: pd.DataFrame) -> np.ndarray:
         return control_rows(table, controls=self.controls, control_query=self.control_query)
+
+    def _sphere_rows(self, table: pd.DataFrame) -> np.ndarray:
+        if self.sphere_rows == "controls":
+            return self._controls(table)
+        if self.sphere_rows == "all":
+            return np.ones(len(table), bool)
+        return control_rows(table, control_query=self.sphere_rows, name='sphere_rows ("controls", "all" or a query)')
 
     def _normalize(self, table: pd.DataFrame, features: list[str]) -> pd.DataFrame:
         out = normalize_plates(table, features, method=self.method, controls=self.controls, eps=self.eps,
@@ -356,7 +366,7 @@ class PlateNormalizer:
         meta = [c for c in table.columns if c.startswith("Metadata_")]
         out = normalized[meta + self.features_]
         if self.sphere:
-            values = sphere(out[self.features_].to_numpy(np.float64), self._controls(table), _groups(table, self.batch_column),
+            values = sphere(out[self.features_].to_numpy(np.float64), self._sphere_rows(table), _groups(table, self.batch_column),
                             regularization=self.sphere_regularization)  # fmt: skip
             out = pd.concat([out[meta].reset_index(drop=True), pd.DataFrame(values.astype(np.float32), columns=self.features_)],
                             axis=1).set_axis(table.index)  # fmt: skip

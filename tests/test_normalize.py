@@ -143,6 +143,25 @@ def test_sphering_each_batch_whitens_its_controls_and_keeps_the_signal():
         PlateNormalizer(sphere=True, batch_column="Metadata_Week", **common).fit(table).transform(table)
 
 
+def test_sphering_can_be_fitted_on_all_rows_or_a_query_s_rows():
+    table = _batches(np.random.default_rng(6), n_ctrl=40)
+    features = [f"f{j}" for j in range(6)]
+    common = dict(control_query='Metadata_Compound == "DMSO"', plate_keys=("Metadata_Plate",), max_correlation=1.0,
+                  sphere=True, batch_column="Metadata_Batch", sphere_regularization=1e-6)  # fmt: skip
+    for rows, chosen in (("all", None), ('Metadata_Compound == "up"', "up")):
+        out = PlateNormalizer(sphere_rows=rows, **common).fit(table).transform(table)
+        fitted = out if chosen is None else out[out.Metadata_Compound == chosen]
+        for _, batch in fitted.groupby("Metadata_Batch"):
+            np.testing.assert_allclose(np.cov(batch[features].to_numpy(), rowvar=False), np.eye(6), atol=1e-3)
+            np.testing.assert_allclose(batch[features].mean().to_numpy(), 0.0, atol=1e-6)
+        controls = out[out.Metadata_Compound == "DMSO"]
+        assert np.abs(np.cov(controls[features].to_numpy(), rowvar=False) - np.eye(6)).max() > 0.05  # not the controls'
+    with pytest.raises(NormalizationError, match="sphere_rows"):
+        PlateNormalizer(sphere_rows="Metadata_Compound ==", **common).fit(table).transform(table)
+    with pytest.raises(NormalizationError, match="fewer than 2 rows to fit sphering"):
+        PlateNormalizer(sphere_rows='Metadata_Compound == "none"', **common).fit(table).transform(table)
+
+
 def test_location_features_are_blocked_by_default():
     table = _batches(np.random.default_rng(5))
     table["Nuclei_Location_Center_X"] = np.random.default_rng(0).normal(size=len(table))
