@@ -1,0 +1,424 @@
+"""CellProfiler's object identification: IdentifyPrimaryObjects, IdentifySecondaryObjects
+(Propagation) and IdentifyTertiaryObjects, with the modules' own settings.
+
+The steps and their order are those of ``cellprofiler_library`` (CellProfiler 5's library; its
+results on ExampleHuman equal CellProfiler 4.0.6's tables there); the scipy and scikit-image
+calls are the same calls, and centrosome's compiled helpers and scikit-image 0.24's watershed
+are ports (:mod:`cellfeat.segment.cpmorph`, :mod:`cellfeat.segment.propagate`), so that the
+same image and settings give the same objects.
+``scripts/cp_reference.py`` runs CellProfiler's own code (in its own environment) as the
+reference for tests and ``scripts/bench_identify.py``.
+
+Images are floats scaled as CellProfiler scales them (8-bit / 255, 16-bit / 65535), which is
+what the threshold bounds (0-1) refer to. Lengths are pixels.
+
+Supported: global thresholds (Minimum Cross-Entropy, Otsu with two or three classes, the middle
+class to the fore- or background; smoothing scale, correction factor, bounds, log transform),
+declumping by intensity or shape, dividing lines by intensity, shape or propagation, the
+smoothing filter and the minimum distance between maxima (automatic or set), low-resolution
+maxima, hole filling (never / after thresholding and declumping / after declumping), the size
+and border filters. Not yet: adaptive thresholds and Robust Background (a clear error names
+them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.ndimage as ndi
+from skimage import filters
+
+from cellfeat.errors import ConfigError
+from cellfeat.segment import cpmorph
+
+THRESHOLD_METHODS = ("minimum_cross_entropy", "otsu")
+UNCLUMP_METHODS = ("intensity", "shape", "none")
+DIVIDING_METHODS = ("intensity", "shape", "propagate", "none")
+FILL_HOLES = ("never", "both", "declump")  # never; after both thresholding and declumping; after declumping only
+EIGHT = np.ones((3, 3), bool)
+
+
+@dataclass(frozen=True)
+class ThresholdSettings:
+    """A module's threshold settings (CellProfiler's names in brackets)."""
+
+    method: str = "minimum_cross_entropy"  # [Thresholding method]: "minimum_cross_entropy" or "otsu"
+    classes: int = 2  # [Two-class or three-class thresholding?] (Otsu)
+    middle_to_foreground: bool = True  # [Assign pixels in the middle intensity class to the foreground...]
+    smoothing_scale: float = 0.0  # [Threshold smoothing scale]
+    correction_factor: float = 1.0  # [Threshold correction factor]
+    lower_bound: float = 0.0  # [Lower and upper bounds on threshold]
+    upper_bound: float = 1.0
+    log_transform: bool = False  # [Log transform before thresholding?]
+    scope: str = "global"  # [Threshold strategy]: only "global" so far
+
+    def __post_init__(self):
+        if self.scope != "global":
+            raise ConfigError(f"threshold strategy {self.scope!r} is not supported yet; use \"global\"")
+        if self.method not in THRESHOLD_METHODS:
+            raise ConfigError(f"threshold method {self.method!r} is not supported; expected one of {THRESHOLD_METHODS}")
+        if self.classes not in (2, 3):
+            raise ConfigError(f"threshold classes must be 2 or 3, got {self.classes!r}")
+
+
+@dataclass(frozen=True)
+class PrimarySettings:
+    """IdentifyPrimaryObjects' settings (CellProfiler's names in brackets)."""
+
+    min_diameter: float = 10  # [Typical diameter of objects, in pixel units (Min,Max)]
+    max_diameter: float = 40
+    discard_outside_diameter: bool = True  # [Discard objects outside the diameter range?]
+    discard_border: bool = True  # [Discard objects touching the border of the image?]
+    unclump: str = "intensity"  # [Method to distinguish clumped objects]
+    dividing_lines: str = "intensity"  # [Method to draw dividing lines between clumped objects]
+    smoothing_filter: float | None = None  # [Size of smoothing filter]; None: automatic
+    maxima_distance: float | None = None  # [Suppress local maxima that are closer than...]; None: automatic
+    low_resolution_maxima: bool = True  # [Speed up by using lower-resolution image to find local maxima?]
+    fill_holes: str = "declump"  # [Fill holes in identified objects?]
+    threshold: ThresholdSettings = field(default_factory=lambda: ThresholdSettings(smoothing_scale=1.3488))
+
+    def __post_init__(self):
+        for name, value, allowed in (("unclump", self.unclump, UNCLUMP_METHODS),
+                                     ("dividing_lines", self.dividing_lines, DIVIDING_METHODS),
+                                     ("fill_holes", self.fill_holes, FILL_HOLES)):  # fmt: skip
+            if value not in allowed:
+                raise ConfigError(f"IdentifyPrimaryObjects {name} {value!r}: expected one of {allowed}")
+        if not 0 < self.min_diameter <= self.max_diameter:
+            raise ConfigError(f"diameters must be 0 < min <= max, got {self.min_diameter}, {self.max_diameter}")
+
+
+@dataclass(frozen=True)
+class Primary:
+    """IdentifyPrimaryObjects' output: the objects, the objects before the border and size
+    filters (IdentifySecondaryObjects uses them), and the threshold."""
+
+    labels: np.ndarray
+    unedited: np.ndarray
+    threshold: float
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+def _log_transform(image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """centrosome's ``threshold.log_transform``: log of the image floored at 1/256 of its range
+    above its minimum, stretched to 0-1; returns the conversion for :func:`_inverse_log`."""
+    low, high = float(image.min()), float(image.max())
+    floor = low + (high - low) / 256.0 + np.finfo(image.dtype).eps
+    logged = np.log(np.maximum(image, floor))
+    log_min, log_max = float(logged.min()), float(logged.max())
+    if log_min == log_max:
+        stretched = np.zeros_like(logged) if log_min < 0 else (np.ones_like(logged) if log_min > 1 else logged)
+    else:
+        stretched = (logged - log_min) / (log_max - log_min)
+    return stretched, (log_min, log_max)
+
+
+def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.ndarray | None = None) -> float:
+    """The module's threshold of ``image`` (before smoothing: CellProfiler smooths only the image
+    it compares with the threshold)."""
+    conversion = None
+    if settings.log_transform:
+        image, conversion = _log_transform(image)
+    values = image[mask] if mask is not None else image
+    if values.size == 0:
+        threshold = 0.0
+    elif np.all(values == values.ravel()[0]):
+        threshold = float(values.ravel()[0])
+    elif settings.method == "minimum_cross_entropy":
+        tolerance = max(float(np.min(np.diff(np.unique(values)))) / 2, 0.5 / 65536)
+        threshold = float(filters.threshold_li(values, tolerance=tolerance))
+    elif settings.classes == 2:
+        threshold = float(filters.threshold_otsu(values))
+    else:
+        threshold = float(filters.threshold_multiotsu(values, nbins=128)[0 if settings.middle_to_foreground else 1])
+    if conversion is not None:
+        log_min, log_max = conversion
+        threshold = float(np.exp(threshold * (log_max - log_min) + log_min))
+    threshold *= settings.correction_factor
+    return min(max(threshold, settings.lower_bound), settings.upper_bound)
+
+
+def apply_threshold(image: np.ndarray, threshold: float, smoothing_scale: float, mask: np.ndarray | None = None) -> np.ndarray:
+    """Foreground: the image, Gaussian-smoothed at the threshold smoothing scale (its sigma:
+    half of it is within the scale), at or above the threshold."""
+    if mask is None:
+        mask = np.ones(image.shape, bool)
+    if smoothing_scale == 0:
+        return (image >= threshold) & mask
+    sigma = smoothing_scale / 0.6744 / 2.0
+
+    def blur(x):
+        return ndi.gaussian_filter(x, sigma, mode="constant", cval=0)
+
+    bleed = blur(mask.astype(float))
+    masked = np.zeros(image.shape, image.dtype)
+    masked[mask] = image[mask]
+    smoothed = blur(masked) / (bleed + np.finfo(float).eps)
+    return (smoothed >= threshold) & mask
+
+
+# --------------------------------------------------------------------------- declumping
+
+
+def _smooth(image: np.ndarray, mask: np.ndarray | None, filter_size: float) -> np.ndarray:
+    """The declumping smoothing filter: a Gaussian of sigma ``filter_size / 2.35`` cut at
+    ``filter_size / 2`` px, corrected for the mask's edges."""
+    if mask is None:
+        mask = np.ones(image.shape, bool)
+    if filter_size == 0:
+        return image
+    sigma = filter_size / 2.35
+    half = max(int(float(filter_size) / 2.0), 1)
+    kernel = 1 / np.sqrt(2.0 * np.pi) / sigma * np.exp(-0.5 * np.arange(-half, half + 1) ** 2 / sigma**2)
+
+    def blur(x):
+        return ndi.convolve1d(ndi.convolve1d(x, kernel, axis=0, mode="constant"), kernel, axis=1, mode="constant")
+
+    edge = blur(mask.astype(float))
+    out = image.copy()
+    out[~mask] = 0
+    smoothed = blur(out)
+    out[mask] = smoothed[mask] / edge[mask]
+    return out
+
+
+def _maxima(image: np.ndarray, labels: np.ndarray, footprint: np.ndarray, resize: float) -> np.ndarray:
+    if resize < 1.0:
+        shape = np.array(image.shape) * resize
+        grid = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float) / resize
+        small_image = ndi.map_coordinates(image, grid)
+        small_labels = ndi.map_coordinates(labels, grid, order=0).astype(labels.dtype)
+    else:
+        small_image, small_labels = image, labels
+    maxima = cpmorph.is_local_maximum(small_image, small_labels, footprint)
+    maxima[small_image <= 0] = False
+    if resize < 1.0:
+        inverse = float(image.shape[0]) / float(maxima.shape[0])
+        grid = np.mgrid[0 : image.shape[0], 0 : image.shape[1]].astype(float) / inverse
+        maxima = ndi.map_coordinates(maxima.astype(float), grid) > 0.5
+    return cpmorph.binary_shrink(maxima)
+
+
+def declump(image: np.ndarray, labels: np.ndarray, settings: PrimarySettings, mask: np.ndarray | None = None) -> np.ndarray:
+    """Split clumps: one marker a local maximum (of the smoothed image or of the distance to
+    the background), then a watershed (or propagation) from the markers inside the objects."""
+    if settings.unclump == "none" or settings.dividing_lines == "none":
+        return labels
+    min_size = settings.min_diameter
+    filter_size = 2.35 * min_size / 3.5 if settings.smoothing_filter is None else settings.smoothing_filter
+    blurred = _smooth(image, mask, filter_size)
+    if min_size > 10 and settings.low_resolution_maxima:
+        resize = 10.0 / float(min_size)
+        suppression = 7 if settings.maxima_distance is None else settings.maxima_distance * resize + 0.5
+    else:
+        resize = 1.0
+        suppression = min_size / 1.5 if settings.maxima_distance is None else settings.maxima_distance
+    footprint = cpmorph.strel_disk(max(1, suppression - 0.5))
+    distance = None
+    if settings.unclump == "intensity":
+        maxima = _maxima(blurred, labels, footprint, resize)
+    else:
+        foreground = (cpmorph.fill_labeled_holes(labels) > 0) if settings.fill_holes == "never" else labels > 0
+        distance = ndi.distance_transform_edt(foreground)
+        distance += np.random.RandomState(0).uniform(0, 0.001, distance.shape)  # CellProfiler's tie-break
+        maxima = _maxima(distance, labels, footprint, resize)
+    markers, count = ndi.label(maxima, EIGHT)
+    inside = labels != 0
+    if settings.dividing_lines == "propagate":
+        from cellfeat.segment.propagate import propagate
+
+        return propagate(np.zeros(markers.shape), markers, inside, 1.0)[0]
+    if settings.dividing_lines == "intensity":
+        surface = 1 - image
+    else:
+        if distance is None:
+            distance = ndi.distance_transform_edt(inside)
+        surface = -distance
+        surface = surface - surface.min()
+    seeds = np.zeros(surface.shape, np.int16 if count < np.iinfo(np.int16).max else np.int32)
+    seeds[markers > 0] = -markers[markers > 0]
+    return -cpmorph.watershed(surface, seeds, inside)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def _discard_border(labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    labels = labels.copy()
+    edge = np.concatenate((labels[0, :], labels[:, 0], labels[-1, :], labels[:, -1]))
+    touching = np.zeros(int(labels.max()) + 1, bool)
+    touching[edge] = True
+    touching[0] = False
+    if touching.any():
+        labels[touching[labels]] = 0
+    elif mask is not None:
+        border = mask & ~ndi.binary_erosion(mask)
+        touching[labels[border]] = True
+        touching[0] = False
+        if touching.any():
+            labels[touching[labels]] = 0
+    return labels
+
+
+def _discard_size(labels: np.ndarray, min_diameter: float, max_diameter: float) -> np.ndarray:
+    labels = labels.copy()
+    count = int(labels.max())
+    if count == 0:
+        return labels
+    areas = np.bincount(labels.ravel(), minlength=count + 1).astype(int)
+    area = areas[labels]
+    labels[(area < np.pi * min_diameter * min_diameter / 4) | (area > np.pi * max_diameter * max_diameter / 4)] = 0
+    return labels
+
+
+def identify_primary(image: np.ndarray, settings: PrimarySettings = PrimarySettings(), mask: np.ndarray | None = None) -> Primary:
+    """IdentifyPrimaryObjects on one float image (CellProfiler's scale)."""
+    image = np.asarray(image, np.float64)
+    threshold = global_threshold(image, settings.threshold, mask)
+    binary = apply_threshold(image, threshold, settings.threshold.smoothing_scale, mask)
+    max_size = settings.max_diameter
+    if settings.fill_holes == "both":
+        binary = cpmorph.fill_labeled_holes(binary, size_fn=lambda area, is_object: area < max_size * max_size)
+    labels = ndi.label(binary, EIGHT)[0]
+    labels = declump(image, labels, settings, mask)
+    unedited = labels.copy()
+    if settings.discard_border:
+        labels = _discard_border(labels, mask)
+    if settings.discard_outside_diameter:
+        labels = _discard_size(labels, settings.min_diameter, settings.max_diameter)
+    if settings.fill_holes != "never":
+        labels = cpmorph.fill_labeled_holes(labels)
+    labels, _ = cpmorph.relabel(labels)
+    return Primary(labels=labels.astype(np.int32), unedited=unedited.astype(np.int32), threshold=threshold)
+
+
+# --------------------------------------------------------------------------- secondary, tertiary
+
+SECONDARY_METHODS = ("propagation", "watershed_gradient", "watershed_image", "distance_n", "distance_b")
+
+
+@dataclass(frozen=True)
+class SecondarySettings:
+    """IdentifySecondaryObjects' settings (CellProfiler's names in brackets)."""
+
+    method: str = "propagation"  # [Select the method to identify the secondary objects]
+    regularization: float = 0.05  # [Regularization factor] (propagation)
+    distance: int = 10  # [Number of pixels by which to expand the primary objects] (distance methods)
+    fill_holes: bool = True  # [Fill holes in identified objects?]
+    discard_border: bool = False  # [Discard secondary objects touching the border of the image?]
+    threshold: ThresholdSettings = field(default_factory=ThresholdSettings)
+
+    def __post_init__(self):
+        if self.method not in SECONDARY_METHODS:
+            raise ConfigError(f"IdentifySecondaryObjects method {self.method!r}: expected one of {SECONDARY_METHODS}")
+
+
+@dataclass(frozen=True)
+class Secondary:
+    """IdentifySecondaryObjects' output: the cells, numbered as their primary objects, the
+    primary objects (renumbered where ``discard_border`` dropped some) and the threshold."""
+
+    labels: np.ndarray
+    primary: np.ndarray
+    threshold: float
+
+
+def _keep_labelled(labels_out: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """Each output region numbered as the (largest) primary object in it; 0 where none is."""
+    top = int(labels_out.max())
+    if top == 0:
+        return labels_out.copy()
+    lookup = np.asarray(ndi.maximum(objects, labels_out, np.arange(top + 1)), int)
+    lookup[0] = 0
+    return lookup[labels_out]
+
+
+def identify_secondary(image: np.ndarray, primary: Primary, settings: SecondarySettings = SecondarySettings(),
+                       mask: np.ndarray | None = None) -> Secondary:  # fmt: skip
+    """IdentifySecondaryObjects around ``primary``'s objects on one float image."""
+    image = np.asarray(image, np.float64)
+    objects = primary.labels
+    if image.shape != objects.shape:
+        raise ValueError(f"image {image.shape} and primary objects {objects.shape} must have one shape")
+    threshold, binary = float("nan"), None
+    if settings.method != "distance_n":
+        threshold = global_threshold(image, settings.threshold, mask)
+        binary = apply_threshold(image, threshold, settings.threshold.smoothing_scale, mask)
+    # the unedited primary objects that touch the edge stay as seeds (they claim their ground),
+    # the others only where they survived the filters
+    seeds = primary.unedited.copy()
+    edge = np.unique(np.concatenate((seeds[0, :], seeds[-1, :], seeds[:, 0], seeds[:, -1])))
+    touching = np.zeros(int(seeds.max()) + 1, bool)
+    touching[edge] = True
+    seeds[~touching[seeds] & (objects == 0)] = 0
+    full = np.ones(image.shape, bool) if mask is None else mask
+    if settings.method == "distance_n":
+        distances, (ii, jj) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+        out = np.zeros(seeds.shape, int)
+        near = distances <= settings.distance
+        out[near] = seeds[ii[near], jj[near]]
+    elif settings.method == "distance_b":
+        from cellfeat.segment.propagate import propagate
+
+        out, distances = propagate(image, seeds, binary, 1.0)
+        out[distances > settings.distance] = 0
+        out[seeds > 0] = seeds[seeds > 0]
+    elif settings.method == "propagation":
+        from cellfeat.segment.propagate import propagate
+
+        out = propagate(image, seeds, binary, settings.regularization)[0]
+    else:
+        surface = np.abs(ndi.sobel(image)) if settings.method == "watershed_gradient" else 1 - image
+        out = cpmorph.watershed(surface, seeds, (binary | (seeds > 0)) & full)
+    if settings.fill_holes:
+        out = cpmorph.fill_labeled_holes(out, mask=out == 0)
+    cells = _keep_labelled(out, objects)
+    kept = objects
+    if settings.discard_border:
+        if mask is not None:
+            border = mask & ~ndi.binary_erosion(mask)
+            edge_labels = np.unique(cells[border])
+        else:
+            edge_labels = np.unique(np.concatenate((cells[0, :], cells[-1, :], cells[:, 0], cells[:, -1])))
+        lookup = np.arange(max(int(cells.max()), int(objects.max())) + 1)
+        lookup[edge_labels] = 0
+        cells = lookup[cells]
+        top = int(objects.max())
+        new = np.asarray(ndi.maximum(cells, objects, np.arange(top + 1)), int)
+        new[0] = 0
+        new[new != 0] = np.arange(np.count_nonzero(new)) + 1
+        kept, cells = new[objects], new[cells]
+    return Secondary(labels=cells.astype(np.int32), primary=kept.astype(np.int32), threshold=threshold)
+
+
+def outline(labels: np.ndarray) -> np.ndarray:
+    """Object pixels with a differently labelled 8-neighbour, and those on the image's edge."""
+    different = np.zeros(labels.shape, bool)
+    for a, b in (((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+                 ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                 ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+                 ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None)))):  # fmt: skip
+        d = labels[a] != labels[b]
+        different[a] |= d
+        different[b] |= d
+    different[0, :] = different[-1, :] = different[:, 0] = different[:, -1] = True
+    out = np.zeros_like(labels)
+    out[different] = labels[different]
+    return out
+
+
+def identify_tertiary(primary: np.ndarray, secondary: np.ndarray, *, shrink: bool = True) -> np.ndarray:
+    """IdentifyTertiaryObjects: the secondary objects minus the primary ones (shrunk by their
+    outline first, so that something always remains); an object left empty keeps one pixel."""
+    tertiary = secondary.copy()
+    inside = primary != 0
+    if shrink:
+        inside &= outline(primary) == 0
+    tertiary[inside] = 0
+    present, first = np.unique(secondary, return_index=True)
+    for label in np.setdiff1d(present, np.unique(tertiary)):
+        row, col = np.unravel_index(first[np.searchsorted(present, label)], secondary.shape)
+        tertiary[row, col] = label
+    return tertiary

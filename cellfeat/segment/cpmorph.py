@@ -1,0 +1,385 @@
+"""CellProfiler's morphology helpers that its object identification calls, as numba kernels.
+
+CellProfiler's IdentifyPrimary/SecondaryObjects (``cellprofiler_library``) call, besides scipy
+and scikit-image, four compiled helpers of ``centrosome`` (``cpmorphology``, ``propagate``).
+These are ports that give the same output on the same input (tests compare with ``centrosome``
+where it is installed); :mod:`cellfeat.segment.cellprofiler` builds the modules from them.
+
+* :func:`fill_labeled_holes`: background pieces enclosed by one object become that object
+  (``cpmorphology.fill_labeled_holes``, its graph walk included: an object inside another's
+  hole is filled too);
+* :func:`is_local_maximum`: pixels no lower than every pixel of their own object under a
+  footprint (``cpmorphology.is_local_maximum``);
+* :func:`binary_shrink`: blobs thinned to single points by CellProfiler's four thinning tables,
+  applied in its order (``cpmorphology.binary_shrink``);
+* :func:`watershed`: scikit-image's marker watershed as it was up to 0.24, which CellProfiler's
+  results follow (0.25 rewrote it: markers enter the queue at minus infinity and a pixel's cost
+  is at least its parent's, which moves boundaries between touching nuclei);
+* :func:`strel_disk`, :func:`relabel`: as ``cpmorphology``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numba
+import numpy as np
+from scipy import ndimage as ndi
+
+FOUR_CONNECT = ndi.generate_binary_structure(2, 1)
+
+
+def strel_disk(radius: float) -> np.ndarray:
+    """A disk of ``radius`` (pixels within it, centre included), as float like centrosome's."""
+    r = int(radius)
+    x, y = np.mgrid[-r : r + 1, -r : r + 1]
+    return (x * x + y * y <= radius * radius).astype(float)
+
+
+def relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Labels renumbered 1..n in the order of their old numbers; (labels, n)."""
+    present = np.unique(labels[labels != 0])
+    if len(present) == 0:
+        return labels, 0
+    table = np.zeros(int(present.max()) + 1, np.int64)
+    table[present] = np.arange(1, len(present) + 1)
+    return table[labels], len(present)
+
+
+# --------------------------------------------------------------------------- holes
+
+
+@numba.njit(cache=True, nogil=True)
+def _adjacent_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (i, j) and (j, i) of 4-adjacent pixels with different labels, with duplicates."""
+    rows, cols = labels.shape
+    n = 0
+    for r in range(rows):
+        for c in range(cols):
+            if r + 1 < rows and labels[r, c] != labels[r + 1, c]:
+                n += 1
+            if c + 1 < cols and labels[r, c] != labels[r, c + 1]:
+                n += 1
+    a = np.empty(2 * n, np.int64)
+    b = np.empty(2 * n, np.int64)
+    k = 0
+    for r in range(rows):
+        for c in range(cols):
+            x = labels[r, c]
+            if r + 1 < rows and x != labels[r + 1, c]:
+                a[k], b[k], a[k + 1], b[k + 1] = x, labels[r + 1, c], labels[r + 1, c], x
+                k += 2
+            if c + 1 < cols and x != labels[r, c + 1]:
+                a[k], b[k], a[k + 1], b[k + 1] = x, labels[r, c + 1], labels[r, c + 1], x
+                k += 2
+    return a, b
+
+
+@numba.njit(cache=True, nogil=True)
+def _walk_holes(j: np.ndarray, start: np.ndarray, count: np.ndarray, is_not_hole: np.ndarray,
+                to_do: np.ndarray, to_do_count: int, lcount: int) -> np.ndarray:  # fmt: skip
+    """centrosome's ``fill_labeled_holes_loop``: which regions are holes, and their filler."""
+    n = len(is_not_hole)
+    adjacent_non_hole = np.zeros(n, np.int64)
+    while to_do_count > 0:
+        ii = to_do[to_do_count - 1]
+        to_do_count -= 1
+        for k in range(start[ii], start[ii] + count[ii]):
+            jj = j[k]
+            if is_not_hole[jj] == 0:
+                if ii <= lcount:
+                    if adjacent_non_hole[jj] == 0:
+                        adjacent_non_hole[jj] = ii
+                        continue
+                    elif adjacent_non_hole[jj] == ii:
+                        continue
+                elif jj > lcount:
+                    continue
+                is_not_hole[jj] = 1
+                to_do[to_do_count] = jj
+                to_do_count += 1
+    to_do_count = 0
+    for jj in range(n):
+        if is_not_hole[jj] == 0 and adjacent_non_hole[jj] != 0:
+            to_do[to_do_count] = jj
+            to_do_count += 1
+    while to_do_count > 0:
+        ii = to_do[to_do_count - 1]
+        to_do_count -= 1
+        for k in range(start[ii], start[ii] + count[ii]):
+            jj = j[k]
+            if is_not_hole[jj] == 0 and adjacent_non_hole[jj] == 0:
+                adjacent_non_hole[jj] = adjacent_non_hole[ii]
+                to_do[to_do_count] = jj
+                to_do_count += 1
+    return adjacent_non_hole
+
+
+def fill_labeled_holes(labels: np.ndarray, mask: np.ndarray | None = None,
+                       size_fn: Callable[[int, bool], bool] | None = None) -> np.ndarray:  # fmt: skip
+    """Fill background pieces that are holes of one object (centrosome's rules and walk).
+
+    ``mask``: only pixels where it is True are background that may be filled; ``size_fn(area,
+    is_object)``: a region for which it is False is taken as not a hole (IdentifyPrimaryObjects
+    passes ``area < max_diameter**2``)."""
+    dtype = labels.dtype
+    background = labels == 0
+    if mask is not None:
+        background &= mask
+    blabels, count = ndi.label(background, FOUR_CONNECT)
+    work = labels.astype(np.int64)
+    lcount = int(work.max()) if work.size else 0
+    work[blabels != 0] = blabels[blabels != 0] + lcount + 1
+    lmax = lcount + count + 1
+    is_not_hole = np.zeros(lmax + 1, np.uint8)
+    edge = np.unique(np.hstack((work[0, :], work[:, 0], work[-1, :], work[:, -1])))
+    edge = edge[edge != 0]
+    is_not_hole[edge] = 1
+    to_do = list(edge)
+    a, b = _adjacent_pairs(work)
+    adjacent_non_hole = np.zeros(lmax + 1, np.int64)
+    if len(a):
+        keys = np.unique(a * (lmax + 1) + b)  # sorted by (i, j), unique
+        i, j = keys // (lmax + 1), keys % (lmax + 1)
+        i_count = np.bincount(i, minlength=lmax + 1)
+        start = np.concatenate(([0], np.cumsum(i_count)[:-1]))
+        if size_fn is not None:
+            areas = np.bincount(work.ravel())
+            for ii, area in enumerate(areas):
+                if ii > 0 and area > 0 and not is_not_hole[ii] and not size_fn(area, ii <= lcount):
+                    is_not_hole[ii] = 1
+                    to_do.append(ii)
+        stack = np.zeros(max(len(is_not_hole), len(to_do)), np.int64)
+        stack[: len(to_do)] = to_do
+        adjacent_non_hole = _walk_holes(j, start, i_count, is_not_hole, stack, len(to_do), lcount)
+    new = np.arange(lmax + 1, dtype=np.int64)
+    new[lcount + 1 :] = 0
+    holes = is_not_hole == 0
+    new[holes] = adjacent_non_hole[holes]
+    if mask is not None:
+        out = work.copy()
+        out[mask] = new[work[mask]]
+    else:
+        out = new[work]
+    return out.astype(dtype)
+
+
+# --------------------------------------------------------------------------- maxima
+
+
+@numba.njit(cache=True, nogil=True)
+def _local_maximum(image: np.ndarray, labels: np.ndarray, di: np.ndarray, dj: np.ndarray) -> np.ndarray:
+    rows, cols = labels.shape
+    out = np.zeros((rows, cols), np.bool_)
+    for r in range(rows):
+        for c in range(cols):
+            lab = labels[r, c]
+            if lab <= 0:
+                continue
+            v = image[r, c]
+            keep = True
+            for k in range(len(di)):
+                rr, cc = r + di[k], c + dj[k]
+                if 0 <= rr < rows and 0 <= cc < cols and labels[rr, cc] == lab and v < image[rr, cc]:
+                    keep = False
+                    break
+            out[r, c] = keep
+    return out
+
+
+def is_local_maximum(image: np.ndarray, labels: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Labelled pixels no lower than any pixel of the same label under ``footprint`` (odd-sized,
+    centred on the pixel)."""
+    footprint = np.asarray(footprint) != 0
+    extent = (np.array(footprint.shape) - 1) // 2
+    if np.all(extent == 0):
+        return labels > 0
+    offsets = np.mgrid[[slice(-e, e + 1) for e in extent]][:, footprint]
+    offsets = offsets[:, (offsets**2).sum(0) > 0]
+    return _local_maximum(np.ascontiguousarray(image), np.ascontiguousarray(labels),
+                          offsets[0].astype(np.int64), offsets[1].astype(np.int64))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- shrink
+
+
+def _pattern_of(index: int) -> np.ndarray:
+    return np.array([[index & 2**k for k in range(3 * r, 3 * r + 3)] for r in range(3)], bool)
+
+
+def _index_of(pattern: np.ndarray) -> int:
+    return int(sum(int(pattern[k // 3, k % 3]) << k for k in range(9)))
+
+
+def _make_table(value: bool, pattern, care) -> np.ndarray:
+    pattern, care = np.asarray(pattern, bool), np.asarray(care, bool)
+    out = np.empty(512, bool)
+    for index in range(512):
+        bits = _pattern_of(index)
+        out[index] = value if np.all((bits == pattern) | ~care) else not value
+    return out
+
+
+def _shrink_tables() -> np.ndarray:
+    """centrosome's four thinning tables (upper-left-right, upper-right-bottom, lower-right-left,
+    lower-left-top), True: the centre pixel stays."""
+    erode = np.array([_pattern_of(i)[1, 1] and ndi.label(_pattern_of(i - 16))[1] != 1 for i in range(512)])
+    erode[_index_of(np.ones((3, 3), bool))] = True
+    specs = (
+        (([[0, 0, 0], [1, 1, 0], [0, 0, 0]], [[0, 0, 0], [1, 1, 1], [0, 0, 0]]),
+         ([[1, 0, 0], [0, 1, 0], [0, 0, 0]], [[1, 0, 0], [0, 1, 1], [0, 1, 1]])),
+        (([[0, 1, 0], [0, 1, 0], [0, 0, 0]], [[0, 1, 0], [0, 1, 0], [0, 1, 0]]),
+         ([[0, 0, 1], [0, 1, 0], [0, 0, 0]], [[0, 0, 1], [1, 1, 0], [1, 1, 0]])),
+        (([[0, 0, 0], [0, 1, 1], [0, 0, 0]], [[0, 0, 0], [1, 1, 1], [0, 0, 0]]),
+         ([[0, 0, 0], [0, 1, 0], [0, 0, 1]], [[1, 1, 0], [1, 1, 0], [0, 0, 1]])),
+        (([[0, 0, 0], [0, 1, 0], [0, 1, 0]], [[0, 1, 0], [0, 1, 0], [0, 1, 0]]),
+         ([[0, 0, 0], [0, 1, 0], [1, 0, 0]], [[0, 1, 1], [0, 1, 1], [1, 0, 0]])),
+    )  # fmt: skip
+    return np.stack([erode | (_make_table(False, *first) & _make_table(False, *second)) for first, second in specs])
+
+
+_SHRINK_TABLES = _shrink_tables()
+
+
+@numba.njit(cache=True, nogil=True)
+def _shrink(padded: np.ndarray, ii: np.ndarray, jj: np.ndarray, tables: np.ndarray) -> int:
+    """Thin in place until nothing changes; returns the number of pixels left (first in ii/jj)."""
+    n = len(ii)
+    doomed = np.zeros(n, np.bool_)
+    for _ in range(max(n, 1)):
+        before = n
+        for t in range(tables.shape[0]):
+            for k in range(n):
+                i, j = ii[k], jj[k]
+                index = ((padded[i - 1, j - 1] == 1) * 1 + (padded[i - 1, j] == 1) * 2 + (padded[i - 1, j + 1] == 1) * 4
+                         + (padded[i, j - 1] == 1) * 8 + 16 + (padded[i, j + 1] == 1) * 32
+                         + (padded[i + 1, j - 1] == 1) * 64 + (padded[i + 1, j] == 1) * 128
+                         + (padded[i + 1, j + 1] == 1) * 256)  # fmt: skip
+                doomed[k] = not tables[t, index]
+            m = 0
+            for k in range(n):
+                if doomed[k]:
+                    padded[ii[k], jj[k]] = 0
+                else:
+                    ii[m], jj[m] = ii[k], jj[k]
+                    m += 1
+            n = m
+        if n == before:
+            break
+    return n
+
+
+def binary_shrink(image: np.ndarray) -> np.ndarray:
+    """Each blob thinned to a point (rings to rings), as ``cpmorphology.binary_shrink``."""
+    image = np.asarray(image)
+    mask = image.astype(bool)
+    padded = np.zeros((image.shape[0] + 2, image.shape[1] + 2), np.uint8)
+    padded[1:-1, 1:-1] = mask
+    ii, jj = np.nonzero(mask)
+    ii, jj = (ii + 1).astype(np.int64), (jj + 1).astype(np.int64)
+    n = _shrink(padded, ii, jj, _SHRINK_TABLES)
+    out = np.zeros_like(image)
+    out[ii[:n] - 1, jj[:n] - 1] = image[ii[:n] - 1, jj[:n] - 1]
+    return out
+
+
+# --------------------------------------------------------------------------- watershed
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _smaller(value, age, a, b):
+    if value[a] != value[b]:
+        return value[a] < value[b]
+    return age[a] < age[b]
+
+
+@numba.njit(cache=True, nogil=True)
+def _flood(image, markers, mask, offsets, output):
+    """scikit-image 0.24's ``watershed_raveled`` (no compactness, no watershed line) with its
+    binary heap, item for item: pixels ordered by (value, age), markers pushed at their value
+    with age 0, a neighbour labelled when it is pushed."""
+    capacity = max(len(markers), 1024)
+    value = np.empty(capacity, np.float64)
+    age = np.empty(capacity, np.int64)
+    index = np.empty(capacity, np.int64)
+    items = 0
+    counter = 1
+    for k in range(len(markers) + 1):
+        if k < len(markers):
+            v, a, p = image[markers[k]], 0, markers[k]
+        else:
+            break
+        # push
+        value[items], age[items], index[items] = v, a, p
+        child = items
+        items += 1
+        while child > 0:
+            parent = (child + 1) // 2 - 1
+            if _smaller(value, age, child, parent):
+                value[parent], value[child] = value[child], value[parent]
+                age[parent], age[child] = age[child], age[parent]
+                index[parent], index[child] = index[child], index[parent]
+                child = parent
+            else:
+                break
+    while items > 0:
+        p = index[0]
+        items -= 1
+        if items > 0:
+            value[0], age[0], index[0] = value[items], age[items], index[items]
+            i = 0
+            while True:
+                smallest = i
+                left, right = 2 * i + 1, 2 * i + 2
+                if left < items:
+                    if _smaller(value, age, left, i):
+                        smallest = left
+                    if right < items and _smaller(value, age, right, smallest):
+                        smallest = right
+                else:
+                    break
+                if smallest == i:
+                    break
+                value[i], value[smallest] = value[smallest], value[i]
+                age[i], age[smallest] = age[smallest], age[i]
+                index[i], index[smallest] = index[smallest], index[i]
+                i = smallest
+        for k in range(len(offsets)):
+            q = p + offsets[k]
+            if not mask[q] or output[q] != 0:
+                continue
+            counter += 1
+            output[q] = output[p]
+            if items == capacity:
+                capacity *= 2
+                value2 = np.empty(capacity, np.float64)
+                age2 = np.empty(capacity, np.int64)
+                index2 = np.empty(capacity, np.int64)
+                value2[:items], age2[:items], index2[:items] = value[:items], age[:items], index[:items]
+                value, age, index = value2, age2, index2
+            value[items], age[items], index[items] = image[q], counter, q
+            child = items
+            items += 1
+            while child > 0:
+                parent = (child + 1) // 2 - 1
+                if _smaller(value, age, child, parent):
+                    value[parent], value[child] = value[child], value[parent]
+                    age[parent], age[child] = age[child], age[parent]
+                    index[parent], index[child] = index[child], index[parent]
+                    child = parent
+                else:
+                    break
+
+
+def watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """``skimage.segmentation.watershed(image, markers, connectivity=np.ones((3, 3)), mask=mask)``
+    as scikit-image 0.24 and earlier compute it (8-connected; markers any nonzero integers)."""
+    mask = np.ones(markers.shape, bool) if mask is None else np.asarray(mask, bool)
+    image = np.pad(np.asarray(image, np.float64), 1)
+    output = np.pad(np.asarray(markers) * mask, 1)  # markers outside the mask are dropped, as scikit-image does
+    mask = np.pad(mask, 1)
+    width = image.shape[1]
+    offsets = np.array([-width, -1, 1, width, -width - 1, -width + 1, width - 1, width + 1], np.int64)
+    flat = output.ravel()  # a view: _flood writes the labels into it
+    _flood(image.ravel(), np.flatnonzero(flat).astype(np.int64), mask.ravel(), offsets, flat)
+    return output[1:-1, 1:-1]

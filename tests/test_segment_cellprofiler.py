@@ -1,0 +1,227 @@
+"""CellProfiler-equivalent identification (cellfeat.segment.cellprofiler) against CellProfiler:
+its compiled helpers (centrosome, a dev dependency), its own library code (cellprofiler-library,
+in the separate .venv-cpref that scripts/make_cpref_env.sh makes), and CellProfiler 4.0.6's tables
+on its ExampleHuman site."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+from skimage import io
+
+from cellfeat.segment import cpmorph
+from cellfeat.segment.cellprofiler import (
+    Primary,
+    PrimarySettings,
+    SecondarySettings,
+    ThresholdSettings,
+    identify_primary,
+    identify_secondary,
+    identify_tertiary,
+)
+from cellfeat.segment.propagate import propagate
+from tests.conftest import REPO, SHARED_DATA
+
+EXAMPLE = SHARED_DATA / "cellprofiler-examplehuman"
+CPREF = REPO / ".venv-cpref" / "bin" / "python"
+# ExampleHuman.cppipe's IdentifyPrimaryObjects (Nuclei) and IdentifySecondaryObjects (Cells)
+EXAMPLE_PRIMARY = PrimarySettings(min_diameter=8, max_diameter=80, threshold=ThresholdSettings(smoothing_scale=1.3488))
+EXAMPLE_SECONDARY = SecondarySettings(threshold=ThresholdSettings(correction_factor=0.8))
+
+
+def _example() -> tuple[np.ndarray, np.ndarray]:
+    if not EXAMPLE.is_dir():
+        pytest.skip(f"CellProfiler's ExampleHuman data not found at {EXAMPLE} (it lives in ../shared/data)")
+    stem = "AS_09125_050116030001_D03f00d"
+    return io.imread(EXAMPLE / f"{stem}0.tif") / 255.0, io.imread(EXAMPLE / f"{stem}2.tif") / 255.0
+
+
+def _random_labels(rng, n):
+    image = ndi.gaussian_filter(rng.random((n, n)), rng.uniform(1, 4))
+    binary = image > np.quantile(image, rng.uniform(0.3, 0.8))
+    binary ^= ndi.gaussian_filter(rng.random((n, n)), 1) > 0.62  # holes, and objects inside holes
+    return image, ndi.label(binary, np.ones((3, 3)))[0]
+
+
+def test_morphology_kernels_equal_centrosome():
+    C = pytest.importorskip("centrosome.cpmorphology", reason="centrosome (the dev extra, via cp-measure) is the reference")
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        n = int(rng.integers(20, 100))
+        image, labels = _random_labels(rng, n)
+        footprint = C.strel_disk(rng.uniform(1, 5))
+        np.testing.assert_array_equal(cpmorph.is_local_maximum(image, labels, footprint), C.is_local_maximum(image, labels, footprint))
+        for size_fn in (None, lambda area, is_object: area < 30):
+            np.testing.assert_array_equal(cpmorph.fill_labeled_holes(labels, size_fn=size_fn), C.fill_labeled_holes(labels, size_fn=size_fn))
+        mask = rng.random((n, n)) > 0.05
+        np.testing.assert_array_equal(cpmorph.fill_labeled_holes(labels, mask=mask), C.fill_labeled_holes(labels, mask=mask))
+        blobs = ndi.binary_dilation(rng.random((n, n)) > 0.97, iterations=int(rng.integers(1, 4)))
+        shrunk = cpmorph.binary_shrink(blobs)
+        np.testing.assert_array_equal(shrunk, C.binary_shrink(blobs))
+        assert ndi.label(shrunk, np.ones((3, 3)))[1] == ndi.label(blobs, np.ones((3, 3)))[1]  # a point a blob
+    for radius in (1, 2.5, 4.83, 7):
+        np.testing.assert_array_equal(cpmorph.strel_disk(radius), C.strel_disk(radius))
+
+
+def test_propagate_equals_centrosome_including_ties():
+    P = pytest.importorskip("centrosome.propagate", reason="centrosome (the dev extra, via cp-measure) is the reference")
+    rng = np.random.default_rng(1)
+    for t in range(15):
+        n = int(rng.integers(30, 120))
+        image = ndi.gaussian_filter(rng.random((n, n)), rng.uniform(0.5, 3))
+        if t % 3 == 0:
+            image = np.round(image * 20) / 20  # many equal distances: the heap's order decides
+        seeds = ndi.label(rng.random((n, n)) > 0.995)[0]
+        mask = ndi.gaussian_filter(rng.random((n, n)), 2) > rng.uniform(0.45, 0.5)
+        weight = (0.05, 1.0, 0.0)[t % 3]
+        ours, ours_d = propagate(image, seeds, mask, weight)
+        theirs, theirs_d = P.propagate(image, seeds, mask, weight)
+        np.testing.assert_array_equal(ours, theirs)
+        np.testing.assert_allclose(ours_d, theirs_d, rtol=1e-12)
+
+
+def _centres(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    index = np.arange(1, labels.max() + 1)
+    centres = np.array(ndi.center_of_mass(np.ones_like(labels), labels, index))
+    return centres[:, ::-1], np.bincount(labels.ravel())[1:]  # (x, y), areas
+
+
+@pytest.mark.parametrize("name", ["Nuclei", "Cells"])
+def test_examplehuman_objects_are_cellprofiler_406s(name):
+    """ExampleHuman.cppipe's settings give CellProfiler 4.0.6's objects: matched by centre, areas."""
+    from scipy.spatial import cKDTree
+
+    dna, cellbody = _example()
+    primary = identify_primary(dna, EXAMPLE_PRIMARY)
+    labels = primary.labels if name == "Nuclei" else identify_secondary(cellbody, primary, EXAMPLE_SECONDARY).labels
+    table = pd.read_csv(EXAMPLE / f"{name}.csv")
+    centres, areas = _centres(labels)
+    distance, nearest = cKDTree(centres).query(table[["Location_Center_X", "Location_Center_Y"]].to_numpy())
+    matched = distance <= 2
+    assert abs(len(areas) - len(table)) <= 0.01 * len(table)
+    assert matched.mean() >= 0.98
+    ratio = areas[nearest[matched]] / table["AreaShape_Area"].to_numpy()[matched]
+    assert abs(np.median(ratio) - 1) < 0.01 and (ratio == 1).mean() >= 0.95
+
+
+def test_tertiary_objects_keep_every_cell():
+    nuclei = np.zeros((20, 20), np.int32)
+    nuclei[5:10, 5:10] = 1
+    nuclei[12:15, 12:15] = 2
+    cells = np.zeros_like(nuclei)
+    cells[3:12, 3:12] = 1
+    cells[12:15, 12:15] = 2  # a cell that is all nucleus
+    cytoplasm = identify_tertiary(nuclei, cells)
+    assert cytoplasm[4, 4] == 1 and cytoplasm[7, 7] == 0 and cytoplasm[5, 5] == 1  # nucleus outline stays
+    assert set(np.unique(cytoplasm)) == {0, 1, 2}  # the all-nucleus cell keeps a pixel (its outline)
+
+
+def test_unsupported_settings_are_named():
+    from cellfeat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="adaptive"):
+        ThresholdSettings(scope="adaptive")
+    with pytest.raises(ConfigError, match="unclump"):
+        PrimarySettings(unclump="laplacian")
+    with pytest.raises(ConfigError, match="method"):
+        SecondarySettings(method="voronoi")
+
+
+# --------------------------------------------------------------------------- against cellprofiler-library
+
+
+def _reference(tmp_path: Path, images: dict[str, np.ndarray], primary: dict, secondary: dict | None) -> dict:
+    if not CPREF.exists():
+        pytest.skip(f"CellProfiler's library environment not found at {CPREF.parent.parent}: make it with bash scripts/make_cpref_env.sh")
+    for name, image in images.items():
+        np.save(tmp_path / f"{name}.npy", image)
+    job = {"images": {name: f"{name}.npy" for name in images}, "primary": primary, "secondary": secondary}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    subprocess.run([str(CPREF), str(REPO / "scripts" / "cp_reference.py"), str(tmp_path / "job.json"), "--out",
+                    str(tmp_path / "ref.npz")], check=True, timeout=300)  # fmt: skip
+    return dict(np.load(tmp_path / "ref.npz"))
+
+
+def _matched_iou(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """For each of their objects, the IoU with the one of ours that overlaps it most."""
+    both = (ours > 0) & (theirs > 0)
+    pairs, overlap = np.unique(np.stack([theirs[both], ours[both]]), axis=1, return_counts=True)
+    best = np.zeros(theirs.max() + 1)
+    ours_area, their_area = np.bincount(ours.ravel()), np.bincount(theirs.ravel(), minlength=theirs.max() + 1)
+    for (t, o), n in zip(pairs.T, overlap):
+        best[t] = max(best[t], n / (their_area[t] + ours_area[o] - n))
+    return best[1:][their_area[1:] > 0]
+
+
+CP_PRIMARY = {"min_size": 8, "max_size": 80, "threshold_smoothing": 1.3488, "threshold_method": "Minimum Cross-Entropy",
+              "unclump_method": "Intensity", "watershed_method": "Intensity", "fill_holes_method": "After declumping only",
+              "automatic_suppression": True, "low_res_maxima": True}  # fmt: skip
+CP_SECONDARY = {"secondary_object_method": "Propagation", "regularization_factor": 0.05, "threshold_method": "Minimum Cross-Entropy",
+                "threshold_correction_factor": 0.8, "fill_holes": True}  # fmt: skip
+
+
+def _sites(real_sites) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    dna, cellbody = _example()
+    out = {"examplehuman": (dna, cellbody)}
+    for key, paths in real_sites[:2]:  # RxRx1: Hoechst as the DNA, phalloidin (w3) as the cell body
+        out[f"rxrx1 {key.experiment} {key.well}"] = (io.imread(paths[0]) / 255.0, io.imread(paths[2]) / 255.0)
+    return out
+
+
+def test_same_objects_as_cellprofiler_library(tmp_path, real_sites, dsb_nuclei):
+    images = _sites(real_sites)
+    images["dsb2018"] = (io.imread(dsb_nuclei[0]) / 65535.0, None)
+    for name, (dna, cellbody) in images.items():
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        secondary = None if cellbody is None else {"image": "cells", **CP_SECONDARY}
+        ref = _reference(folder, {"dna": dna, **({} if cellbody is None else {"cells": cellbody})},
+                         {"image": "dna", **CP_PRIMARY}, secondary)  # fmt: skip
+        primary = identify_primary(dna, EXAMPLE_PRIMARY)
+        assert abs(primary.threshold - ref["nuclei_threshold"]) < 1e-6, name
+        iou = _matched_iou(primary.labels, ref["nuclei"])
+        assert (iou >= 0.95).mean() >= 0.98, (name, (iou >= 0.95).mean())
+        if cellbody is None:
+            continue
+        # from CellProfiler's own primary objects, so that only the secondary step is compared
+        theirs = Primary(labels=ref["nuclei"], unedited=ref["nuclei_unedited"], threshold=float(ref["nuclei_threshold"]))
+        cells = identify_secondary(cellbody, theirs, EXAMPLE_SECONDARY)
+        assert abs(cells.threshold - ref["cells_threshold"]) < 1e-6, name
+        np.testing.assert_array_equal(cells.labels, ref["cells"], err_msg=name)
+        np.testing.assert_array_equal(identify_tertiary(theirs.labels, cells.labels), ref["cytoplasm"], err_msg=name)
+
+
+_WATERSHED_CASES = """
+import sys, numpy as np
+from scipy import ndimage as ndi
+from skimage import segmentation
+rng = np.random.default_rng(5); cases = {}
+for t in range(20):
+    n = int(rng.integers(20, 100))
+    img = ndi.gaussian_filter(rng.random((n, n)), rng.uniform(0.5, 3))
+    if t % 2 == 0:
+        img = np.round(img * 30) / 30
+    seeds = ndi.label(rng.random((n, n)) > 0.99)[0].astype(np.int32) * (-1 if t % 4 == 1 else 1)
+    mask = ndi.gaussian_filter(rng.random((n, n)), 2) > 0.47
+    out = segmentation.watershed(connectivity=np.ones((3, 3), bool), image=img, markers=seeds, mask=mask)
+    cases.update({f"{t}_img": img, f"{t}_seeds": seeds, f"{t}_mask": mask, f"{t}_out": out})
+np.savez(sys.argv[1], **cases)
+"""
+
+
+def test_watershed_is_scikit_image_024s(tmp_path):
+    """CellProfiler's objects follow scikit-image's watershed before 0.25's rewrite; our port
+    gives 0.24's labels, plateaus and ties included."""
+    if not CPREF.exists():
+        pytest.skip(f"CellProfiler's library environment not found at {CPREF.parent.parent}: make it with bash scripts/make_cpref_env.sh")
+    subprocess.run([str(CPREF), "-c", _WATERSHED_CASES, str(tmp_path / "cases.npz")], check=True, timeout=300)
+    cases = np.load(tmp_path / "cases.npz")
+    for t in range(20):
+        np.testing.assert_array_equal(cpmorph.watershed(cases[f"{t}_img"], cases[f"{t}_seeds"], cases[f"{t}_mask"]),
+                                      cases[f"{t}_out"], err_msg=f"case {t}")  # fmt: skip
