@@ -14,6 +14,8 @@ import sys
 
 from cellfeat.errors import CellfeatError
 
+SEGMENTER_CHOICES = ["classical", "cellpose", "cellprofiler", "auto"]  # pipelines.settings.SEGMENTERS (not imported: startup)
+
 # subcommand -> (pipeline module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipelines.demo", "run synth -> extract -> fit -> submit on a small synthetic dataset and score it"),
@@ -94,7 +96,7 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: cells/, wells/, sites/, failures/")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--dask", metavar="ADDRESS", help="run the units on the Dask scheduler at ADDRESS instead")
-    p.add_argument("--segmenter", choices=["classical", "cellpose", "auto"], help="default from config (auto)")
+    p.add_argument("--segmenter", choices=SEGMENTER_CHOICES, help="default from config (auto)")
     p.add_argument("--no-embed", action="store_true", help="skip the CNN embeddings")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--skip-bad", action="store_true", help="record unreadable sites in failures/{experiment}.csv and go on")
@@ -181,8 +183,9 @@ def _add_segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="instead: one grey image file (PNG/TIFF), nuclei only")
     p.add_argument("--diameter", type=float, help="with --image: nucleus diameter in pixels (default from config)")
     p.add_argument("--out", required=True, help="folder for {experiment}/Plate{p}/{well}_s{site}_labels.npz")
-    p.add_argument("--segmenter", choices=["classical", "cellpose", "auto"],
-                   help="classical (no weights), cellpose (needs weights on disk) or auto (default from config: auto)")
+    p.add_argument("--segmenter", choices=SEGMENTER_CHOICES,
+                   help="classical (no weights), cellpose (needs weights on disk), cellprofiler (CellProfiler's "
+                        "IdentifyPrimary/Secondary/TertiaryObjects, [segment.cellprofiler]) or auto (default from config: auto)")
     p.add_argument("--overlay", action="store_true", help="also write a composite PNG with the outlines")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--config", help="TOML config ([segment] tables), merged over configs/rxrx1.toml for --data-root")

@@ -145,7 +145,13 @@ def warm_up(ctx: Context, cell_type: str | None) -> None:
     settings = ctx.settings
     classical = ctx.segmenter == "classical"
     params = settings.segment.classical_for(cell_type) if classical else None
-    diameter = params["nuclei"].diameter if classical else settings.segment.cellpose.diameters_for(cell_type)[0]
+    if classical:
+        diameter = params["nuclei"].diameter
+    elif ctx.segmenter == "cellprofiler":  # the features' warm-up only needs nuclei of a plausible size
+        primary = settings.segment.cellprofiler.primary
+        diameter = float(np.sqrt(primary.min_diameter * primary.max_diameter))
+    else:
+        diameter = settings.segment.cellpose.diameters_for(cell_type)[0]
     steps = warm_steps(channels=settings.channels.names, families=settings.features.families or tuple(FAMILIES),
                        options=feature_options(dict(settings.features.options), 255), segment_params=params,
                        operations=settings.extract.aggregate, diameter=diameter)  # fmt: skip
@@ -318,6 +324,11 @@ def _segment_sites(ctx: Context, sites: list[np.ndarray], cell_type: str | None)
         for start in range(0, len(sites), batch):
             out += _segmenter(ctx).segment_batch(sites[start : start + batch], diameter=diameters, drop_border=segment.drop_border)
         return out
+    if ctx.segmenter == "cellprofiler":
+        from cellfeat.segment.cellprofiler import segment_site as cellprofiler_site
+
+        params = segment.cellprofiler_kwargs()
+        return [cellprofiler_site(s, **params) for s in sites]
     from cellfeat.segment.classical import segment_site
 
     params = segment.classical_for(cell_type)

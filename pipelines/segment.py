@@ -21,6 +21,8 @@ import numpy as np
 from cellfeat.errors import ConfigError, InputError
 from cellfeat.images import composite, load_site, read_image, save_png
 from cellfeat.layout import SiteKey, plate_stem
+from cellfeat.segment.cellprofiler import exact_scale, identify_primary
+from cellfeat.segment.cellprofiler import segment_site as cellprofiler_site
 from cellfeat.segment.classical import segment_nuclei, segment_site
 from cellfeat.segment.objects import Segmentation, draw_outlines, touches_border
 from pipelines.config import load_config, with_device
@@ -105,18 +107,20 @@ def _run_image(args, config: dict) -> int:
     if args.diameter is not None:
         nuclei_kw["diameter"] = args.diameter
     if args.segmenter == "cellpose":
-        raise ConfigError("--image segments nuclei with the classical segmenter only; use --segmenter classical")
+        raise ConfigError("--image segments nuclei with the classical or cellprofiler segmenter; use --segmenter classical")
     start = time.perf_counter()
-    nuclei = segment_nuclei(image, **nuclei_kw)
+    segmenter = "cellprofiler" if (args.segmenter or settings.segment.segmenter) == "cellprofiler" else "classical"
+    if segmenter == "cellprofiler":  # IdentifyPrimaryObjects with [segment.cellprofiler.primary]
+        nuclei = identify_primary(exact_scale(image), settings.segment.cellprofiler.primary).labels
+    else:
+        nuclei = segment_nuclei(image, **nuclei_kw)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.image).stem
     path = out / f"{stem}_labels.npz"
-    np.savez_compressed(path, nuclei=nuclei, border=touches_border(nuclei), segmenter=np.array("classical"))
-    log.info(
-        "classical segmenter: %d nuclei in %s (diameter %.1f px, %.2f s) -> %s",
-        int(nuclei.max()), args.image, nuclei_kw["diameter"], time.perf_counter() - start, path,
-    )
+    np.savez_compressed(path, nuclei=nuclei, border=touches_border(nuclei), segmenter=np.array(segmenter))
+    log.info("%s segmenter: %d nuclei in %s (%.2f s) -> %s", segmenter, int(nuclei.max()), args.image,
+             time.perf_counter() - start, path)  # fmt: skip
     if args.overlay:
         rgb = composite(image[None], [(255, 255, 255)])
         save_png(draw_outlines(rgb, nuclei, NUCLEUS_COLOR), out / f"{stem}_overlay.png")
@@ -154,6 +158,8 @@ def run(args) -> int:
             if model is not None:
                 segs = model.segment_batch(pixels, diameter=settings.segment.cellpose.diameters_for(cell_type),
                                            drop_border=settings.segment.drop_border)  # fmt: skip
+            elif segmenter == "cellprofiler":
+                segs = [cellprofiler_site(px, **settings.segment.cellprofiler_kwargs()) for px in pixels]
             else:
                 segs = [segment_site(px, **settings.segment.classical_for(cell_type)) for px in pixels]
             for record, px, seg in zip(batch, pixels, segs):

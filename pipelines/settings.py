@@ -17,15 +17,16 @@ import inspect
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from cellfeat.device import PRECISIONS
 from cellfeat.embed_config import EmbedConfig
 from cellfeat.errors import ConfigError
 from cellfeat.layout import channel_name
+from cellfeat.segment.cellprofiler import PrimarySettings, SecondarySettings, ThresholdSettings
 from cellfeat.segment.classical import CellParams, NucleiParams
 
-SEGMENTERS = ("classical", "cellpose", "auto")
+SEGMENTERS = ("classical", "cellpose", "cellprofiler", "auto")
 DEVICE_STAGES = ("auto", "main", "workers")
 AGGREGATES = ("median", "mean")
 FIT_SITES = ("rows", "mean")
@@ -163,18 +164,40 @@ class CellposeSettings:
 
 
 @dataclass(frozen=True)
+class CellProfilerSettings:
+    """``[segment.cellprofiler]``: CellProfiler's IdentifyPrimaryObjects (``primary``, with its
+    ``threshold``), IdentifySecondaryObjects (``secondary``) over ``cell_channel``, and
+    IdentifyTertiaryObjects (``shrink_nuclei``), settings as in the modules
+    (:mod:`cellfeat.segment.cellprofiler`)."""
+
+    cell_channel: int  # 0-based index into the site
+    primary: PrimarySettings = PrimarySettings()
+    secondary: SecondarySettings = SecondarySettings()
+    shrink_nuclei: bool = True
+
+    def kwargs(self, nuclei_channel: int, drop_border: bool) -> dict:
+        return {"nuclei_channel": nuclei_channel, "cell_channel": self.cell_channel, "primary": self.primary,
+                "secondary": self.secondary, "shrink_nuclei": self.shrink_nuclei, "drop_border": drop_border}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class SegmentSettings:
-    segmenter: str  # as configured: classical | cellpose | auto (resolved by pipelines.segment.choose_segmenter)
+    segmenter: str  # as configured: classical | cellpose | cellprofiler | auto (resolved by pipelines.segment.choose_segmenter)
     drop_border: bool
     nuclei_channel: int  # 0-based index into the site
     cell_channels: tuple[int, ...]  # the default cell channels (Cellpose's cytoplasm input)
     classical: Mapping[str, ClassicalSettings]  # cell type -> parameters; "" = the default
     cellpose: CellposeSettings
+    cellprofiler: CellProfilerSettings | None = None
 
     def classical_for(self, cell_type: str | None) -> dict:
         """Keyword arguments of ``segment_site`` for ``cell_type`` (its own table, else the default)."""
         chosen = self.classical.get(cell_type or "", self.classical[""])
         return chosen.kwargs(self.nuclei_channel, self.drop_border)
+
+    def cellprofiler_kwargs(self) -> dict:
+        """Keyword arguments of :func:`cellfeat.segment.cellprofiler.segment_site`."""
+        return self.cellprofiler.kwargs(self.nuclei_channel, self.drop_border)
 
 
 @dataclass(frozen=True)
@@ -292,7 +315,7 @@ def _default_cell_channels(channels: ChannelSettings) -> list[str]:
 
 def _segment(config: dict, channels: ChannelSettings) -> SegmentSettings:
     table = config.get("segment", {})
-    check_keys(table, ("segmenter", "drop_border", "classical", "cellpose"), "[segment]")
+    check_keys(table, ("segmenter", "drop_border", "classical", "cellpose", "cellprofiler"), "[segment]")
     plain = typed_table({k: v for k, v in table.items() if k in ("segmenter", "drop_border")},
                         {"segmenter": str, "drop_border": bool}, "[segment]")  # fmt: skip
     segmenter = plain.get("segmenter", "auto")
@@ -329,7 +352,39 @@ def _segment(config: dict, channels: ChannelSettings) -> SegmentSettings:
         raise SettingsError(f"[segment.cellpose] precision must be one of {PRECISIONS}, got {cellpose.precision!r}")
     return SegmentSettings(segmenter=segmenter, drop_border=plain.get("drop_border", False),
                            nuclei_channel=channels.index(channels.nuclei, "[channels] nuclei"), cell_channels=cell_channels,
-                           classical=classical, cellpose=cellpose)  # fmt: skip
+                           classical=classical, cellpose=cellpose,
+                           cellprofiler=_cellprofiler(table.get("cellprofiler", {}), channels, default_cells))  # fmt: skip
+
+
+def _module_settings(cls, table: Mapping, where: str):
+    """A module's settings dataclass from its table; its ``threshold`` sub-table too (absent: the
+    module's default threshold)."""
+    table = dict(table)
+    threshold = table.pop("threshold", None)
+    hints = {k: v for k, v in dataclass_hints(cls).items() if k != "threshold"}
+    values = typed_table(table, hints, where)
+    try:
+        if threshold is not None:  # the keys given, over the module's own default threshold
+            given = typed_table(threshold, dataclass_hints(ThresholdSettings), f"{where[:-1]}.threshold]")
+            values["threshold"] = replace(cls().threshold, **given)
+        return cls(**values)
+    except SettingsError:
+        raise
+    except ConfigError as exc:
+        raise SettingsError(f"{where}: {exc}") from exc
+
+
+def _cellprofiler(table: Mapping, channels: ChannelSettings, default_cells: Sequence[str]) -> CellProfilerSettings:
+    check_keys(table, ("cell_channel", "primary", "secondary", "shrink_nuclei"), "[segment.cellprofiler]")
+    plain = typed_table({k: v for k, v in table.items() if k in ("cell_channel", "shrink_nuclei")},
+                        {"cell_channel": str, "shrink_nuclei": bool}, "[segment.cellprofiler]")  # fmt: skip
+    cell_channel = channels.index(_name(plain.get("cell_channel", default_cells[0])), "[segment.cellprofiler] cell_channel")
+    return CellProfilerSettings(
+        cell_channel=cell_channel,
+        primary=_module_settings(PrimarySettings, table.get("primary", {}), "[segment.cellprofiler.primary]"),
+        secondary=_module_settings(SecondarySettings, table.get("secondary", {}), "[segment.cellprofiler.secondary]"),
+        shrink_nuclei=plain.get("shrink_nuclei", True),
+    )
 
 
 def _extract(config: dict) -> ExtractSettings:

@@ -98,7 +98,7 @@ def feature_ratios(ours: pd.DataFrame, theirs: pd.DataFrame, compartment: str) -
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "configs" / "examplehuman.toml"))
-    p.add_argument("--segmenter", choices=["classical", "cellpose", "auto"], help="override the config's [segment] segmenter")
+    p.add_argument("--segmenter", choices=["classical", "cellpose", "cellprofiler", "auto"], help="override the config's [segment] segmenter")
     p.add_argument("--radius", type=float, default=2.0, help="centre match radius in px (default 2)")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args()

@@ -73,3 +73,27 @@ def test_the_shipped_configs_parse():
     rxrx1_settings(load_config(rxrx1=True))
     rxrx1_settings(load_config(repo / "configs" / "demo.toml", rxrx1=True))
     parse_settings(load_config(repo / "configs" / "cellpainting.toml"), CHANNELS)
+
+
+def test_cli_offers_every_segmenter_the_settings_know():
+    from pipelines.cli import SEGMENTER_CHOICES
+    from pipelines.settings import SEGMENTERS
+
+    assert list(SEGMENTERS) == SEGMENTER_CHOICES
+
+
+def test_cellprofiler_segmenter_settings_from_the_config():
+    from pipelines.settings import SettingsError, parse_settings
+
+    channels = ["DNA", "PH3", "cellbody"]
+    base = {"channels": {"use": channels, "nuclei": "DNA"}}
+    table = {"cell_channel": "cellbody", "primary": {"min_diameter": 8, "max_diameter": 80, "threshold": {"correction_factor": 0.9}},
+             "secondary": {"regularization": 0.1, "threshold": {"correction_factor": 0.8}}}  # fmt: skip
+    cp = parse_settings({**base, "segment": {"segmenter": "cellprofiler", "cellprofiler": table}}, channels).segment.cellprofiler
+    assert cp.cell_channel == 2 and cp.primary.min_diameter == 8 and cp.secondary.regularization == 0.1
+    assert cp.primary.threshold.smoothing_scale == 1.3488  # the module's default kept under a partial table
+    assert cp.primary.threshold.correction_factor == 0.9 and cp.secondary.threshold.correction_factor == 0.8
+    for bad, match in (({"primary": {"unclump": "x"}}, "unclump"), ({"primary": {"threshold": {"methd": 1}}}, "methd"),
+                       ({"cell_channel": "nope"}, "nope"), ({"secondary": {"threshold": {"scope": "adaptive"}}}, "adaptive")):  # fmt: skip
+        with pytest.raises(SettingsError, match=match):
+            parse_settings({**base, "segment": {"cellprofiler": bad}}, channels)

@@ -422,3 +422,48 @@ def identify_tertiary(primary: np.ndarray, secondary: np.ndarray, *, shrink: boo
         row, col = np.unravel_index(first[np.searchsorted(present, label)], secondary.shape)
         tertiary[row, col] = label
     return tertiary
+
+
+# --------------------------------------------------------------------------- a site
+
+
+def exact_scale(plane: np.ndarray) -> np.ndarray:
+    """A plane loaded as float32 (``cellfeat.images``: 8-bit / 255, 16-bit / 65535) back in the
+    float64 values CellProfiler computes with (k / 255 or k / 65535 exactly), so that thresholds
+    and comparisons see the same numbers; a plane on neither grid is returned as float64."""
+    plane = np.asarray(plane, np.float64)
+    for scale in (255.0, 65535.0):
+        counts = plane * scale
+        rounded = np.round(counts)
+        if np.all(np.abs(counts - rounded) < 1e-3):
+            return rounded / scale
+    return plane
+
+
+def segment_site(site: np.ndarray, *, nuclei_channel: int = 0, cell_channel: int = 1,
+                 primary: PrimarySettings = PrimarySettings(), secondary: SecondarySettings = SecondarySettings(),
+                 shrink_nuclei: bool = True, drop_border: bool = False):  # fmt: skip
+    """Nuclei (IdentifyPrimaryObjects on ``nuclei_channel``), cells (IdentifySecondaryObjects
+    over ``cell_channel``) and cytoplasm (IdentifyTertiaryObjects) of a ``(C, H, W)`` site, as
+    a :class:`~cellfeat.segment.objects.Segmentation`."""
+    from cellfeat.segment.objects import LABEL_DTYPE, Segmentation, empty, touches_border
+
+    site = np.asarray(site)
+    if site.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) site, got shape {site.shape}")
+    for name, index in (("nuclei", nuclei_channel), ("cell", cell_channel)):
+        if not 0 <= index < site.shape[0]:
+            raise ValueError(f"{name} channel index {index} is outside the site's {site.shape[0]} channels")
+    nuclei = identify_primary(exact_scale(site[nuclei_channel]), primary)
+    n = int(nuclei.labels.max())
+    if n == 0:
+        return empty(site.shape[1:])
+    cells = identify_secondary(exact_scale(site[cell_channel]), nuclei, secondary)
+    kept = cells.primary
+    n = int(kept.max())
+    if n == 0:
+        return empty(site.shape[1:])
+    cytoplasm = identify_tertiary(kept, cells.labels, shrink=shrink_nuclei)
+    seg = Segmentation(nuclei=kept.astype(LABEL_DTYPE), cells=cells.labels.astype(LABEL_DTYPE),
+                       cytoplasm=cytoplasm.astype(LABEL_DTYPE), border=touches_border(cells.labels, n))  # fmt: skip
+    return seg.drop_border() if drop_border else seg

@@ -20,6 +20,7 @@ where it is installed); :mod:`cellfeat.segment.cellprofiler` builds the modules 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numba
@@ -238,7 +239,9 @@ def _shrink_tables() -> np.ndarray:
     return np.stack([erode | (_make_table(False, *first) & _make_table(False, *second)) for first, second in specs])
 
 
-_SHRINK_TABLES = _shrink_tables()
+@functools.cache
+def shrink_tables() -> np.ndarray:
+    return _shrink_tables()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -277,7 +280,7 @@ def binary_shrink(image: np.ndarray) -> np.ndarray:
     padded[1:-1, 1:-1] = mask
     ii, jj = np.nonzero(mask)
     ii, jj = (ii + 1).astype(np.int64), (jj + 1).astype(np.int64)
-    n = _shrink(padded, ii, jj, _SHRINK_TABLES)
+    n = _shrink(padded, ii, jj, shrink_tables())
     out = np.zeros_like(image)
     out[ii[:n] - 1, jj[:n] - 1] = image[ii[:n] - 1, jj[:n] - 1]
     return out

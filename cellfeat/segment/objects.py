@@ -38,7 +38,7 @@ class Segmentation:
 
     def drop_border(self) -> Segmentation:
         """The same objects less those touching the image edge, renumbered 1..M in order."""
-        return from_labels(self.nuclei, self.cells, keep=~self.border)
+        return from_labels(self.nuclei, self.cells, keep=~self.border, cytoplasm=self.cytoplasm)
 
     def validate(self) -> Segmentation:
         """Check the contract; raise ``ValueError`` naming the first broken rule."""
@@ -57,8 +57,11 @@ class Segmentation:
         inside = self.nuclei > 0
         if np.any(self.cells[inside] != self.nuclei[inside]):
             raise ValueError("some nucleus pixels lie outside the cell with the same number")
-        expected = np.where(inside, 0, self.cells)
-        if not np.array_equal(self.cytoplasm, expected):
+        # cell minus nucleus, or (CellProfiler's IdentifyTertiaryObjects with its shrink) minus the
+        # nucleus' inside: the nucleus outline may stay in the cytoplasm
+        outside = np.where(inside, 0, self.cells)
+        marked = self.cytoplasm > 0
+        if np.any(self.cytoplasm[marked] != self.cells[marked]) or np.any(self.cytoplasm[~inside] != outside[~inside]):
             raise ValueError("cytoplasm is not cell minus nucleus")
         return self
 
@@ -95,12 +98,14 @@ def touches_border(labels: np.ndarray, n: int | None = None) -> np.ndarray:
     return flags[1:]
 
 
-def from_labels(nuclei: np.ndarray, cells: np.ndarray, *, keep: np.ndarray | None = None) -> Segmentation:
+def from_labels(nuclei: np.ndarray, cells: np.ndarray, *, keep: np.ndarray | None = None,
+                cytoplasm: np.ndarray | None = None) -> Segmentation:  # fmt: skip
     """Build a :class:`Segmentation` from nuclei and cells that already share numbers.
 
     ``cells`` must contain each nucleus under the nucleus's number (as a seeded watershed
     from the nuclei gives); numbers may have gaps. ``keep`` (bool, one per old label
     ``1..max``) selects objects to keep. The result is renumbered 1..N in label order.
+    ``cytoplasm``: the objects' cytoplasm under the same numbers (default: cell minus nucleus).
     """
     nuclei = np.asarray(nuclei)
     cells = np.where(nuclei > 0, nuclei, cells)  # a nucleus pixel always belongs to its own cell
@@ -120,7 +125,7 @@ def from_labels(nuclei: np.ndarray, cells: np.ndarray, *, keep: np.ndarray | Non
     return Segmentation(
         nuclei=nuclei_out,
         cells=cells_out,
-        cytoplasm=make_cytoplasm(cells_out, nuclei_out),
+        cytoplasm=make_cytoplasm(cells_out, nuclei_out) if cytoplasm is None else lut[np.asarray(cytoplasm)],
         border=touches_border(cells_out, n),
     )
 
