@@ -43,6 +43,9 @@ DATA = REPO.parent / "shared" / "data" / "cellprofiler-examplehuman"
 STEM = "AS_09125_050116030001_D03f00d"
 CHANNELS = {"DNA": 0, "PH3": 1, "cellbody": 2}
 ANGLES = ("AreaShape_Orientation",)  # reported as 1 + median |difference| / 90 degrees, "within 1%" = within 1 degree
+# CellProfiler 4.0.6 wrote AreaShape_Orientation in radians (its values lie in +-pi/2; its documentation, and
+# CellProfiler 4.1+ and cp_measure, say degrees): converted to degrees before the comparison
+RADIANS_IN_406 = ("AreaShape_Orientation",)
 
 
 def write_loaddata(folder: Path) -> Path:
@@ -85,6 +88,8 @@ def feature_ratios(ours: pd.DataFrame, theirs: pd.DataFrame, compartment: str) -
         if not ok.any():
             continue
         if column in ANGLES:  # signed degrees near 0: compare the difference (mod 180), not a ratio
+            if column in RADIANS_IN_406:
+                b = np.degrees(b)
             diff = (a[ok] - b[ok] + 90.0) % 180.0 - 90.0
             rows.append({"feature": column, "median_ratio": 1.0 + float(np.median(np.abs(diff))) / 90.0,
                          "within_1pct": float(np.mean(np.abs(diff) <= 1.0)), "n": int(ok.sum())})  # fmt: skip
