@@ -115,6 +115,17 @@ def _log_transform(image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     return stretched, (log_min, log_max)
 
 
+def _levels(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)``, by counting where every value is exactly k / 255 or k / 65535 (the
+    images CellProfiler reads), else by sorting."""
+    flat = values.ravel()
+    for scale in (255.0, 65535.0):
+        codes = np.rint(flat * scale)
+        if codes.min() >= 0 and codes.max() <= scale and np.array_equal(codes / scale, flat):
+            return np.flatnonzero(np.bincount(codes.astype(np.int64), minlength=int(scale) + 1)) / scale
+    return np.unique(flat)
+
+
 def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.ndarray | None = None) -> float:
     """The module's threshold of ``image`` (before smoothing: CellProfiler smooths only the image
     it compares with the threshold)."""
@@ -127,7 +138,7 @@ def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.nd
     elif np.all(values == values.ravel()[0]):
         threshold = float(values.ravel()[0])
     elif settings.method == "minimum_cross_entropy":
-        tolerance = max(float(np.min(np.diff(np.unique(values)))) / 2, 0.5 / 65536)
+        tolerance = max(float(np.min(np.diff(_levels(values)))) / 2, 0.5 / 65536)
         threshold = float(filters.threshold_li(values, tolerance=tolerance))
     elif settings.classes == 2:
         threshold = float(filters.threshold_otsu(values))
@@ -330,7 +341,7 @@ def _keep_labelled(labels_out: np.ndarray, objects: np.ndarray) -> np.ndarray:
     top = int(labels_out.max())
     if top == 0:
         return labels_out.copy()
-    lookup = np.asarray(ndi.maximum(objects, labels_out, np.arange(top + 1)), int)
+    lookup = cpmorph.label_maximum(objects, labels_out)
     lookup[0] = 0
     return lookup[labels_out]
 
@@ -386,7 +397,7 @@ def identify_secondary(image: np.ndarray, primary: Primary, settings: SecondaryS
         lookup[edge_labels] = 0
         cells = lookup[cells]
         top = int(objects.max())
-        new = np.asarray(ndi.maximum(cells, objects, np.arange(top + 1)), int)
+        new = cpmorph.label_maximum(cells, objects)[: top + 1]
         new[0] = 0
         new[new != 0] = np.arange(np.count_nonzero(new)) + 1
         kept, cells = new[objects], new[cells]
