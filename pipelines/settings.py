@@ -374,8 +374,39 @@ def _module_settings(cls, table: Mapping, where: str):
         raise SettingsError(f"{where}: {exc}") from exc
 
 
+def _from_pipeline(table: Mapping, channels: ChannelSettings) -> dict:
+    """``[segment.cellprofiler]`` over the identification settings of its ``pipeline`` (.cppipe):
+    the keys the config gives win, table by table."""
+    from cellfeat.segment.cppipe import read_identification
+
+    table = dict(table)
+    path = table.pop("pipeline", None)
+    if path is None:
+        return table
+    if not isinstance(path, str):
+        raise SettingsError(f"[segment.cellprofiler] pipeline must be a path (a string), got {path!r}")
+    try:
+        base = read_identification(path)
+    except ConfigError as exc:
+        raise SettingsError(f"[segment.cellprofiler] pipeline: {exc}") from exc
+    image = base.pop("nuclei_image")
+    if image != channels.nuclei:
+        raise SettingsError(f"[segment.cellprofiler] pipeline {path} finds {base['nuclei_objects']} in image {image!r}, "
+                            f"but [channels] nuclei is {channels.nuclei!r}: set [channels] nuclei to the pipeline's image")  # fmt: skip
+    for key in ("nuclei_objects", "cell_objects"):
+        base.pop(key)
+    for module in ("primary", "secondary"):
+        given = dict(table.get(module, {}))
+        merged = {**base[module], **{k: v for k, v in given.items() if k != "threshold"}}
+        if "threshold" in base[module] or "threshold" in given:
+            merged["threshold"] = {**base[module].get("threshold", {}), **given.get("threshold", {})}
+        base[module] = merged
+    return {**base, **{k: v for k, v in table.items() if k not in ("primary", "secondary")}}
+
+
 def _cellprofiler(table: Mapping, channels: ChannelSettings, default_cells: Sequence[str]) -> CellProfilerSettings:
-    check_keys(table, ("cell_channel", "primary", "secondary", "shrink_nuclei"), "[segment.cellprofiler]")
+    check_keys(table, ("pipeline", "cell_channel", "primary", "secondary", "shrink_nuclei"), "[segment.cellprofiler]")
+    table = _from_pipeline(table, channels)
     plain = typed_table({k: v for k, v in table.items() if k in ("cell_channel", "shrink_nuclei")},
                         {"cell_channel": str, "shrink_nuclei": bool}, "[segment.cellprofiler]")  # fmt: skip
     cell_channel = channels.index(_name(plain.get("cell_channel", default_cells[0])), "[segment.cellprofiler] cell_channel")

@@ -46,7 +46,7 @@ from cellfeat.segment.cellprofiler import (  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 CPREF = REPO / ".venv-cpref" / "bin" / "python"
-PRIMARY = PrimarySettings(min_diameter=8, max_diameter=80, threshold=ThresholdSettings(smoothing_scale=1.3488))
+PRIMARY = PrimarySettings(min_diameter=8, max_diameter=80, fill_holes="declump", threshold=ThresholdSettings(smoothing_scale=1.3488))
 SECONDARY = SecondarySettings(threshold=ThresholdSettings(correction_factor=0.8))
 CP_PRIMARY = {"min_size": 8, "max_size": 80, "threshold_smoothing": 1.3488, "threshold_method": "Minimum Cross-Entropy",
               "unclump_method": "Intensity", "watershed_method": "Intensity", "fill_holes_method": "After declumping only",
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([str(CPREF), str(REPO / "scripts" / "cp_reference.py"), str(folder / "job.json"), "--out",
                             str(folder / "ref.npz")], check=True, env=env)  # fmt: skip
             ref = dict(np.load(folder / "ref.npz"))
-            primary, primary_s = fastest(lambda: identify_primary(dna, PRIMARY), args.repeat)
+            primary, primary_s = fastest(lambda dna=dna: identify_primary(dna, PRIMARY), args.repeat)
             row = {"image": name, "nuclei": int(ref["nuclei"].max()), "ours": int(primary.labels.max()),
                    "threshold_diff": abs(primary.threshold - float(ref["nuclei_threshold"])),
                    "nuclei_identical": bool(np.array_equal(primary.labels, ref["nuclei"])),
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                    "primary_ours_s": primary_s, "primary_cp_s": float(ref["nuclei_seconds"])}  # fmt: skip
             if cellbody is not None:
                 theirs = Primary(labels=ref["nuclei"], unedited=ref["nuclei_unedited"], threshold=float(ref["nuclei_threshold"]))
-                cells, secondary_s = fastest(lambda: identify_secondary(cellbody, theirs, SECONDARY), args.repeat)
+                cells, secondary_s = fastest(lambda c=cellbody, t=theirs: identify_secondary(c, t, SECONDARY), args.repeat)
                 end_to_end = identify_secondary(cellbody, primary, SECONDARY)
                 row.update(cells_identical=bool(np.array_equal(cells.labels, ref["cells"])),
                            cells_matched=matched(cells.labels, ref["cells"]),

@@ -6,7 +6,7 @@ It imports nothing of cellfeat. Input: a JSON job file::
 
     {"images": {"dna": "dna.npy", "cells": "cells.npy"},        # float images in [0, 1]
      "primary": {"image": "dna", ...IdentifyPrimaryObjects keywords...},
-     "secondary": {"image": "cells", ...IdentifySecondaryObjects keywords...} | null,
+     "secondary": {"image": "cells", "full_mask": false, ...IdentifySecondaryObjects keywords...} | null,
      "repeat": 1}
 
 Output (``--out``, .npz): ``nuclei`` (the labels), ``nuclei_unedited`` (before the border and
@@ -61,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     if job.get("secondary"):
         secondary = dict(job["secondary"])
         image = images[secondary.pop("image")]
+        # CellProfiler itself always passes the image's mask (all True without cropping); the library's
+        # watershed methods compute nothing without one (np.logical_and(x, None) is None)
+        mask = np.ones(image.shape, bool) if secondary.pop("full_mask", False) else None
         best = np.inf
         for _ in range(repeat):
             start = time.perf_counter()
-            result = identifysecondaryobjects(image, labels, unedited_objects=unedited, return_cp_output=True, **secondary)
+            result = identifysecondaryobjects(image, labels, unedited_objects=unedited, return_cp_output=True, mask=mask, **secondary)
             best = min(best, time.perf_counter() - start)
         cells = result[6] if isinstance(result, tuple) else result  # the output objects (5: the primary ones kept)
         final_threshold = result[0] if isinstance(result, tuple) else np.nan

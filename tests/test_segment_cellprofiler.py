@@ -31,7 +31,7 @@ from tests.conftest import REPO, SHARED_DATA
 EXAMPLE = SHARED_DATA / "cellprofiler-examplehuman"
 CPREF = REPO / ".venv-cpref" / "bin" / "python"
 # ExampleHuman.cppipe's IdentifyPrimaryObjects (Nuclei) and IdentifySecondaryObjects (Cells)
-EXAMPLE_PRIMARY = PrimarySettings(min_diameter=8, max_diameter=80, threshold=ThresholdSettings(smoothing_scale=1.3488))
+EXAMPLE_PRIMARY = PrimarySettings(min_diameter=8, max_diameter=80, fill_holes="declump", threshold=ThresholdSettings(smoothing_scale=1.3488))
 EXAMPLE_SECONDARY = SecondarySettings(threshold=ThresholdSettings(correction_factor=0.8))
 
 
@@ -225,3 +225,40 @@ def test_watershed_is_scikit_image_024s(tmp_path):
     for t in range(20):
         np.testing.assert_array_equal(cpmorph.watershed(cases[f"{t}_img"], cases[f"{t}_seeds"], cases[f"{t}_mask"]),
                                       cases[f"{t}_out"], err_msg=f"case {t}")  # fmt: skip
+
+
+VARIANTS = [  # (CellProfiler's keywords, ours) for the primary, then the secondary
+    ({"threshold_method": "Multi-Otsu", "threshold_smoothing": 2.0, "log_transform": True, "assign_middle_to_foreground": "Background",
+      "unclump_method": "Shape", "watershed_method": "Propagate", "automatic_suppression": False, "maxima_suppression_size": 6.0,
+      "smoothing_filter_size": 5, "low_res_maxima": False},
+     PrimarySettings(min_diameter=8, max_diameter=80, unclump="shape", dividing_lines="propagate", maxima_distance=6.0, smoothing_filter=5,
+                     low_resolution_maxima=False, threshold=ThresholdSettings(method="otsu", classes=3, middle_to_foreground=False,
+                                                                              smoothing_scale=2.0, log_transform=True)),
+     {"secondary_object_method": "Watershed - Image", "threshold_method": "Otsu", "threshold_correction_factor": 0.9},
+     SecondarySettings(method="watershed_image", threshold=ThresholdSettings(method="otsu", correction_factor=0.9))),
+    ({"min_size": 12, "threshold_method": "Otsu", "threshold_smoothing": 1.3488, "watershed_method": "Shape", "fill_holes_method": "Never"},
+     PrimarySettings(min_diameter=12, max_diameter=80, dividing_lines="shape", fill_holes="never", threshold=ThresholdSettings(method="otsu", smoothing_scale=1.3488)),
+     {"secondary_object_method": "Distance - B", "distance_to_dilate": 6, "threshold_correction_factor": 0.8},
+     SecondarySettings(method="distance_b", distance=6, threshold=ThresholdSettings(correction_factor=0.8))),
+    ({"threshold_method": "Multi-Otsu", "threshold_smoothing": 1.0, "assign_middle_to_foreground": "Foreground", "unclump_method": "Shape",
+      "watershed_method": "Shape"},
+     PrimarySettings(min_diameter=8, max_diameter=80, unclump="shape", dividing_lines="shape", threshold=ThresholdSettings(method="otsu", classes=3, smoothing_scale=1.0)),
+     {"secondary_object_method": "Watershed - Gradient", "discard_edge": True, "threshold_correction_factor": 0.8},
+     SecondarySettings(method="watershed_gradient", discard_border=True, threshold=ThresholdSettings(correction_factor=0.8))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", range(len(VARIANTS)))
+def test_other_settings_give_cellprofiler_library_objects(tmp_path, variant):
+    """Otsu two/three-class with log transform, shape declumping, Propagate/shape dividing lines,
+    every hole-filling choice, and the watershed and distance secondary methods (the library's
+    defaults where a keyword is not given: fill holes after thresholding and declumping)."""
+    cp_primary, primary_settings, cp_secondary, secondary_settings = VARIANTS[variant]
+    dna, cellbody = _example()
+    ref = _reference(tmp_path, {"dna": dna, "cells": cellbody}, {"image": "dna", "min_size": 8, "max_size": 80, **cp_primary},
+                     {"image": "cells", "full_mask": True, **cp_secondary})  # fmt: skip
+    primary = identify_primary(dna, primary_settings)
+    assert abs(primary.threshold - ref["nuclei_threshold"]) < 1e-6
+    np.testing.assert_array_equal(primary.labels, ref["nuclei"])
+    theirs = Primary(labels=ref["nuclei"], unedited=ref["nuclei_unedited"], threshold=float(ref["nuclei_threshold"]))
+    np.testing.assert_array_equal(identify_secondary(cellbody, theirs, secondary_settings).labels, ref["cells"])

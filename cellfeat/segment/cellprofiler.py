@@ -75,7 +75,7 @@ class PrimarySettings:
     smoothing_filter: float | None = None  # [Size of smoothing filter]; None: automatic
     maxima_distance: float | None = None  # [Suppress local maxima that are closer than...]; None: automatic
     low_resolution_maxima: bool = True  # [Speed up by using lower-resolution image to find local maxima?]
-    fill_holes: str = "declump"  # [Fill holes in identified objects?]
+    fill_holes: str = "both"  # [Fill holes in identified objects?]: CellProfiler's default, after thresholding and declumping
     threshold: ThresholdSettings = field(default_factory=lambda: ThresholdSettings(smoothing_scale=1.3488))
 
     def __post_init__(self):
@@ -457,7 +457,12 @@ def segment_site(site: np.ndarray, *, nuclei_channel: int = 0, cell_channel: int
     """Nuclei (IdentifyPrimaryObjects on ``nuclei_channel``), cells (IdentifySecondaryObjects
     over ``cell_channel``) and cytoplasm (IdentifyTertiaryObjects) of a ``(C, H, W)`` site, as
     a :class:`~cellfeat.segment.objects.Segmentation`."""
-    from cellfeat.segment.objects import LABEL_DTYPE, Segmentation, empty, touches_border
+    from cellfeat.segment.objects import (
+        LABEL_DTYPE,
+        Segmentation,
+        empty,
+        touches_border,
+    )
 
     site = np.asarray(site)
     if site.ndim != 3:
