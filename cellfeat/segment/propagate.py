@@ -47,13 +47,19 @@ def _key(d):
 @numba.njit(cache=True, nogil=True)
 def _propagate(image, seeds_i, seeds_j, seeds_label, mask, labels, distances, weight):
     m, n = image.shape
-    heap = [(np.int64(0), np.int64(0), np.int64(0), np.int64(0))]
+    # centrosome's order (distance key, label, row, column) as two int64s: the key, and
+    # label << 40 | row << 20 | column
+    heap = [(np.int64(0), np.int64(0))]
     heap.pop()
     for k in range(len(seeds_i)):
-        heap.append((np.int64(0), np.int64(seeds_label[k]), np.int64(seeds_i[k]), np.int64(seeds_j[k])))
+        heap.append((np.int64(0), (np.int64(seeds_label[k]) << 40) | (np.int64(seeds_i[k]) << 20) | np.int64(seeds_j[k])))
     heapq.heapify(heap)
+    scratch = np.empty(1, np.float64)  # a distance >= 0 as centrosome keys it: its bits without the lowest one
+    bits = scratch.view(np.int64)
+    low = (np.int64(1) << 20) - 1
     while len(heap) > 0:
-        _, label, i1, j1 = heapq.heappop(heap)
+        packed = heapq.heappop(heap)[1]
+        label, i1, j1 = packed >> 40, (packed >> 20) & low, packed & low
         if labels[i1, j1] != 0:
             continue
         labels[i1, j1] = label
@@ -65,7 +71,8 @@ def _propagate(image, seeds_i, seeds_j, seeds_label, mask, labels, distances, we
             d = _distance(image, i1, j1, i2, j2, m, n, weight) + d0
             if distances[i2, j2] == -1 or distances[i2, j2] > d:
                 distances[i2, j2] = d
-                heapq.heappush(heap, (_key(d), label, i2, j2))
+                scratch[0] = d
+                heapq.heappush(heap, (bits[0] >> 1, (label << 40) | (i2 << 20) | j2))
 
 
 def propagate(image: np.ndarray, labels: np.ndarray, mask: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +81,8 @@ def propagate(image: np.ndarray, labels: np.ndarray, mask: np.ndarray, weight: f
     image = np.ascontiguousarray(image, np.float64)
     if image.shape != labels.shape or image.shape != mask.shape:
         raise ValueError(f"image {image.shape}, labels {labels.shape} and mask {mask.shape} must have one shape")
+    if max(image.shape) >= 1 << 20 or labels.max(initial=0) >= 1 << 23:
+        raise ValueError(f"propagate takes images under 2**20 px a side and labels under 2**23, got {image.shape}, {labels.max()}")
     out = np.zeros(labels.shape, np.int32)
     distances = -np.ones(labels.shape, np.float64)
     distances[labels > 0] = 0
