@@ -147,14 +147,15 @@ def warm_up(ctx: Context, cell_type: str | None) -> None:
     params = settings.segment.classical_for(cell_type) if classical else None
     if classical:
         diameter = params["nuclei"].diameter
-    elif ctx.segmenter == "cellprofiler":  # the features' warm-up only needs nuclei of a plausible size
+    elif ctx.segmenter == "cellprofiler":  # nuclei of a plausible size for its diameter range
+        params = settings.segment.cellprofiler_kwargs()
         primary = settings.segment.cellprofiler.primary
         diameter = float(np.sqrt(primary.min_diameter * primary.max_diameter))
     else:
         diameter = settings.segment.cellpose.diameters_for(cell_type)[0]
     steps = warm_steps(channels=settings.channels.names, families=settings.features.families or tuple(FAMILIES),
                        options=feature_options(dict(settings.features.options), 255), segment_params=params,
-                       operations=settings.extract.aggregate, diameter=diameter)  # fmt: skip
+                       operations=settings.extract.aggregate, diameter=diameter, segmenter=ctx.segmenter)  # fmt: skip
     with CLOCK("warm-up"):
         try:
             seconds = run_steps(steps, lock_dir())

@@ -108,9 +108,9 @@ def synthetic_site(channels: int, diameter: float) -> tuple[np.ndarray, dict[str
 
 
 def warm_steps(*, channels: Sequence[str], families: Sequence[str], options: dict, segment_params: dict | None,
-               operations: Sequence[str], diameter: float) -> list[tuple[str, Callable[[], object]]]:  # fmt: skip
-    """The steps for a run: the classical segmenter (``segment_params``: its keywords; None: not
-    used), each feature family with ``options`` (as :func:`~cellfeat.features.measure.measure_objects`
+               operations: Sequence[str], diameter: float, segmenter: str = "classical") -> list[tuple[str, Callable[[], object]]]:  # fmt: skip
+    """The steps for a run: the classical or the cellprofiler segmenter (``segmenter``;
+    ``segment_params``: its keywords; None: not used), each feature family with ``options`` (as :func:`~cellfeat.features.measure.measure_objects`
     takes them), the aggregation with ``operations``; in :data:`STEP_ORDER`."""
     from cellfeat.aggregate import WELL_KEYS, aggregate_wells
     from cellfeat.features.measure import measure_objects
@@ -121,6 +121,10 @@ def warm_steps(*, channels: Sequence[str], families: Sequence[str], options: dic
         return lambda: measure_objects(masks, pixels, list(channels), families=[name], options=options)
 
     def segment() -> object:
+        if segmenter == "cellprofiler":
+            from cellfeat.segment.cellprofiler import segment_site as cellprofiler_site
+
+            return cellprofiler_site(pixels, **segment_params)
         from cellfeat.segment.classical import segment_site
 
         return segment_site(pixels, **segment_params)
