@@ -23,6 +23,7 @@ them).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,16 +155,18 @@ def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.nd
 def apply_threshold(image: np.ndarray, threshold: float, smoothing_scale: float, mask: np.ndarray | None = None) -> np.ndarray:
     """Foreground: the image, Gaussian-smoothed at the threshold smoothing scale (its sigma:
     half of it is within the scale), at or above the threshold."""
-    if mask is None:
-        mask = np.ones(image.shape, bool)
     if smoothing_scale == 0:
-        return (image >= threshold) & mask
+        return image >= threshold if mask is None else (image >= threshold) & mask
     sigma = smoothing_scale / 0.6744 / 2.0
 
     def blur(x):
         return ndi.gaussian_filter(x, sigma, mode="constant", cval=0)
 
-    bleed = blur(mask.astype(float))
+    if mask is None:  # the blurred all-ones image depends on the shape only: computed once
+        mask = np.ones(image.shape, bool)
+        bleed = _blurred_ones(image.shape, ("gaussian", sigma))
+    else:
+        bleed = blur(mask.astype(float))
     masked = np.zeros(image.shape, image.dtype)
     masked[mask] = image[mask]
     smoothed = blur(masked) / (bleed + np.finfo(float).eps)
@@ -171,6 +174,23 @@ def apply_threshold(image: np.ndarray, threshold: float, smoothing_scale: float,
 
 
 # --------------------------------------------------------------------------- declumping
+
+
+@functools.lru_cache(maxsize=16)
+def _blurred_ones(shape: tuple[int, ...], how: tuple[str, float]) -> np.ndarray:
+    """The edge correction of a smoothing filter on an unmasked image: the filter applied to
+    ones, by the very call the filter makes (so the same floats), kept read-only per shape."""
+    kind, size = how
+    ones = np.ones(shape, float)
+    if kind == "gaussian":
+        out = ndi.gaussian_filter(ones, size, mode="constant", cval=0)
+    else:
+        sigma = size / 2.35
+        half = max(int(float(size) / 2.0), 1)
+        kernel = 1 / np.sqrt(2.0 * np.pi) / sigma * np.exp(-0.5 * np.arange(-half, half + 1) ** 2 / sigma**2)
+        out = ndi.convolve1d(ndi.convolve1d(ones, kernel, axis=0, mode="constant"), kernel, axis=1, mode="constant")
+    out.setflags(write=False)
+    return out
 
 
 def _smooth(image: np.ndarray, mask: np.ndarray | None, filter_size: float) -> np.ndarray:
@@ -187,7 +207,7 @@ def _smooth(image: np.ndarray, mask: np.ndarray | None, filter_size: float) -> n
     def blur(x):
         return ndi.convolve1d(ndi.convolve1d(x, kernel, axis=0, mode="constant"), kernel, axis=1, mode="constant")
 
-    edge = blur(mask.astype(float))
+    edge = _blurred_ones(image.shape, ("declump", float(filter_size))) if mask.all() else blur(mask.astype(float))
     out = image.copy()
     out[~mask] = 0
     smoothed = blur(out)
