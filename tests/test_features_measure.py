@@ -141,3 +141,28 @@ def test_layout_cache_sees_in_place_edits():
     second = layout(labels)
     assert second is not first and second.n == 9
     assert first.labels.max() == 4  # the cached layout kept its own copy
+
+
+def test_granularity_shares_its_image_work_between_compartments(monkeypatch):
+    """measure_objects computes Granularity's reconstructions once a channel, not once a
+    compartment, and the columns equal the family called on each compartment alone."""
+    import cellfeat.features.granularity as G
+
+    rng = np.random.default_rng(2)
+    pixels = rng.random((2, 64, 64)).astype(np.float32)
+    nuclei = np.zeros((64, 64), np.int32)
+    nuclei[10:20, 10:20], nuclei[40:50, 30:44] = 1, 2
+    cells = np.zeros_like(nuclei)
+    cells[5:25, 5:25], cells[35:55, 25:50] = 1, 2
+    cells[nuclei > 0] = nuclei[nuclei > 0]
+    masks = {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": np.where(nuclei > 0, 0, cells)}
+    calls = []
+    real = G.granular_reconstructions
+    monkeypatch.setattr(G, "granular_reconstructions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    table = measure_objects(masks, pixels, ["a", "b"], families=["Granularity"], options={"Granularity": {"granular_spectrum_length": 4}})
+    assert len(calls) == 2  # one a channel
+    for compartment, labels in masks.items():
+        for c, channel in enumerate(["a", "b"]):
+            alone = G.granularity(labels, pixels[c], granular_spectrum_length=4)
+            for key, values in alone.items():
+                np.testing.assert_array_equal(table[f"{compartment}_{key.format(image=channel)}"].to_numpy(), values.astype(np.float32))

@@ -83,6 +83,22 @@ def granularity(
     return {k: np.ascontiguousarray(spectrum[:, i]) for i, k in enumerate(keys)}
 
 
+def reconstructions_for(pixels: np.ndarray, **settings) -> np.ndarray | None:
+    """:func:`granular_reconstructions` of one plane as :func:`granularity` computes it (the same
+    dtype rule), or None where the image is too small to subsample (granularity gives NaN there).
+    ``settings``: granularity's keywords. The orchestrator shares it between compartments."""
+    settings = {k: v for k, v in settings.items() if k != "reconstructions"}
+    pixels = np.asarray(pixels)
+    if not np.issubdtype(pixels.dtype, np.floating):
+        pixels = pixels.astype(np.float64)
+    subsample_size = settings.get("subsample_size", 0.25)
+    shape = np.array(pixels.shape)
+    new_shape = (shape * subsample_size).astype(int) if subsample_size < 1 else shape
+    if (new_shape < 2).any():
+        return None
+    return granular_reconstructions(np.ascontiguousarray(pixels), **settings)
+
+
 def granular_reconstructions(
     pixels: np.ndarray,
     *,

@@ -83,6 +83,7 @@ def measure_objects(
     n_rows = max((int(np.max(m)) if np.size(m) else 0 for m in masks.values()), default=0)
     columns: dict[str, np.ndarray] = {OBJECT_NUMBER: np.arange(1, n_rows + 1, dtype=np.int64)}
     pairs = list(itertools.combinations(range(len(channels)), 2))
+    granular: dict[int, np.ndarray | None] = {}  # channel -> Granularity's reconstructions, shared by the compartments
     for compartment, labels in masks.items():
         labels = np.ascontiguousarray(labels, dtype=np.int32)
         for name, inputs, function in loaded:
@@ -94,7 +95,15 @@ def measure_objects(
                     columns[f"{compartment}_{key}"] = _padded(values, n_rows)
             elif inputs is Inputs.CHANNEL:
                 for c, channel in enumerate(channels):
-                    for key, values in function(labels, pixels[c], **kwargs).items():
+                    call = kwargs
+                    if name == "Granularity" and labels.any():  # its image work is the same for every compartment
+                        if c not in granular:
+                            from cellfeat.features.granularity import reconstructions_for
+
+                            granular[c] = reconstructions_for(pixels[c], **kwargs)
+                        if granular[c] is not None:
+                            call = {**kwargs, "reconstructions": granular[c]}
+                    for key, values in function(labels, pixels[c], **call).items():
                         columns[f"{compartment}_{key.format(image=channel)}"] = _padded(values, n_rows)
             else:
                 for i, j in pairs:
