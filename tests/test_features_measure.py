@@ -166,3 +166,28 @@ def test_granularity_shares_its_image_work_between_compartments(monkeypatch):
             alone = G.granularity(labels, pixels[c], granular_spectrum_length=4)
             for key, values in alone.items():
                 np.testing.assert_array_equal(table[f"{compartment}_{key.format(image=channel)}"].to_numpy(), values.astype(np.float32))
+
+
+def test_radial_distribution_shares_its_geometry_between_channels(monkeypatch):
+    """measure_objects computes RadialDistribution's per-pixel bins and wedges once a
+    compartment, and the columns equal the family called on each channel alone."""
+    import cellfeat.features.radial as R
+
+    rng = np.random.default_rng(3)
+    pixels = rng.random((3, 48, 48)).astype(np.float32)
+    labels = np.zeros((48, 48), np.int32)
+    labels[5:20, 5:22], labels[25:44, 20:40] = 1, 2
+    labels[30:34, 28:32] = 0  # a hole
+    calls = []
+    real = R.radial_geometry
+    monkeypatch.setattr(R, "radial_geometry", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for options in ({}, {"scaled": False, "bin_count": 3, "maximum_radius": 10}):
+        calls.clear()
+        table = measure_objects({"Cells": labels}, pixels, ["a", "b", "c"], families=["RadialDistribution"],
+                                options={"RadialDistribution": options})  # fmt: skip
+        assert len(calls) == 1
+        for c, channel in enumerate(["a", "b", "c"]):
+            for key, values in R.radial_distribution(labels, pixels[c], **options).items():
+                np.testing.assert_array_equal(table[f"Cells_{key.format(image=channel)}"].to_numpy(), values.astype(np.float32))
+    with pytest.raises(ValueError, match="other labels"):
+        R.radial_distribution(labels, pixels[0], geometry=real(labels[:, :20]))

@@ -94,6 +94,10 @@ def measure_objects(
                 for key, values in function(labels, None, **kwargs).items():
                     columns[f"{compartment}_{key}"] = _padded(values, n_rows)
             elif inputs is Inputs.CHANNEL:
+                if name == "RadialDistribution":  # its geometry is the same for every channel
+                    from cellfeat.features.radial import radial_geometry
+
+                    kwargs["geometry"] = radial_geometry(labels, **kwargs)
                 for c, channel in enumerate(channels):
                     call = kwargs
                     if name == "Granularity" and labels.any():  # its image work is the same for every compartment

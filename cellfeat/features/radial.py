@@ -48,19 +48,39 @@ def radial_distribution(
     scaled: bool = True,
     bin_count: int = 4,
     maximum_radius: int = 100,
+    geometry: tuple | None = None,
 ) -> dict[str, np.ndarray]:
     """``RadialDistribution_{FracAtD,MeanFrac,RadialCV}_{image}_{k}of{bin_count}`` per object.
 
     With ``scaled=False`` the overflow bin is reported too, as ``..._{image}_Overflow``.
+    Steps 1-4 depend on the labels only: :func:`radial_geometry` computes them once and
+    ``geometry=`` reuses them for every channel (the orchestrator does); the result is the same.
     """
     labels, pixels = _check(labels, pixels, bin_count, maximum_radius)
+    if geometry is None:
+        geometry = radial_geometry(labels, scaled=scaled, bin_count=bin_count, maximum_radius=maximum_radius)
+    ys, xs, offsets, bins, wedges = geometry
+    if offsets.size - 1 != int(labels.max(initial=0)):
+        raise ValueError("geometry was computed for other labels; compute it with radial_geometry(labels, ...)")
+    frac, mean_frac, cv = _radial_sums(pixels, ys, xs, offsets, bins, wedges, bin_count)
+    return _pack(frac, mean_frac, cv, bin_count, scaled)
+
+
+def radial_geometry(labels: np.ndarray, *, scaled: bool = True, bin_count: int = 4, maximum_radius: int = 100,
+                    **_ignored) -> tuple:  # fmt: skip
+    """Steps 1-4 for every object pixel: ``(ys, xs, offsets, bins, wedges)``, pixels grouped by
+    object (``offsets``), their bin (-1: not reachable from the centre) and their wedge."""
+    labels = as_labels(labels)
+    if int(bin_count) < 1:
+        raise ValueError(f"bin_count must be at least 1, got {bin_count}")
+    if maximum_radius <= 0:
+        raise ValueError(f"maximum_radius must be positive, got {maximum_radius}")
     n = int(labels.max(initial=0))
     order, offsets = flatten_labels(labels, n)
     ys, xs = _rows_cols(order, labels.shape[1])
-    frac, mean_frac, cv = _radial_objects(
-        pixels, ys, xs, offsets, bin_count, bool(scaled), float(maximum_radius)
-    )
-    return _pack(frac, mean_frac, cv, bin_count, scaled)
+    bins, wedges = _radial_bins(ys, xs, offsets, labels.shape[0], labels.shape[1], int(bin_count), bool(scaled),
+                                float(maximum_radius))  # fmt: skip
+    return ys, xs, offsets, bins, wedges
 
 
 def _pack(frac, mean_frac, cv, bin_count, scaled):
@@ -203,17 +223,11 @@ def _geodesic(inside, start_y, start_x):
 
 
 @njit(cache=True, error_model="numpy")
-def _radial_objects(pixels, ys, xs, offsets, bin_count, scaled, maximum_radius):
-    H, W = pixels.shape
+def _radial_bins(ys, xs, offsets, H, W, bin_count, scaled, maximum_radius):
+    """Each object pixel's bin (-1 where the centre cannot reach it) and wedge around the centre."""
     n = offsets.size - 1
-    nb = bin_count + 1
-    frac = np.full((n, nb), np.nan)
-    mean_frac = np.full((n, nb), np.nan)
-    cv = np.full((n, nb), np.nan)
-    hist = np.zeros(nb)
-    count = np.zeros(nb)
-    wsum = np.zeros((nb, 8))
-    wcount = np.zeros((nb, 8))
+    bins = np.full(ys.size, -1, np.int64)
+    wedges = np.zeros(ys.size, np.int64)
     for obj in range(n):
         start, stop = offsets[obj], offsets[obj + 1]
         if start == stop:
@@ -242,10 +256,6 @@ def _radial_objects(pixels, ys, xs, offsets, bin_count, scaled, maximum_radius):
                 cy = ys[k] - y0
                 cx = xs[k] - x0
         dist = _geodesic(inside, cy, cx)
-        hist[:] = 0.0
-        count[:] = 0.0
-        wsum[:, :] = 0.0
-        wcount[:, :] = 0.0
         for k in range(start, stop):
             ly = ys[k] - y0
             lx = xs[k] - x0
@@ -259,12 +269,40 @@ def _radial_objects(pixels, ys, xs, offsets, bin_count, scaled, maximum_radius):
             b = int(nd * bin_count)
             if b > bin_count:
                 b = bin_count
+            bins[k] = b
+            wedges[k] = (1 if ly > cy else 0) + (2 if lx > cx else 0) + (4 if abs(ly - cy) > abs(lx - cx) else 0)
+    return bins, wedges
+
+
+@njit(cache=True, error_model="numpy")
+def _radial_sums(pixels, ys, xs, offsets, bins, wedges, bin_count):
+    """Step 5 for one channel, from :func:`_radial_bins`' bins and wedges."""
+    n = offsets.size - 1
+    nb = bin_count + 1
+    frac = np.full((n, nb), np.nan)
+    mean_frac = np.full((n, nb), np.nan)
+    cv = np.full((n, nb), np.nan)
+    hist = np.zeros(nb)
+    count = np.zeros(nb)
+    wsum = np.zeros((nb, 8))
+    wcount = np.zeros((nb, 8))
+    for obj in range(n):
+        start, stop = offsets[obj], offsets[obj + 1]
+        if start == stop:
+            continue
+        hist[:] = 0.0
+        count[:] = 0.0
+        wsum[:, :] = 0.0
+        wcount[:, :] = 0.0
+        for k in range(start, stop):
+            b = bins[k]
+            if b < 0:
+                continue
             value = np.float64(pixels[ys[k], xs[k]])
             hist[b] += value
             count[b] += 1.0
-            wedge = (1 if ly > cy else 0) + (2 if lx > cx else 0) + (4 if abs(ly - cy) > abs(lx - cx) else 0)
-            wsum[b, wedge] += value
-            wcount[b, wedge] += 1.0
+            wsum[b, wedges[k]] += value
+            wcount[b, wedges[k]] += 1.0
         total = 0.0
         total_count = 0.0
         for b in range(nb):
