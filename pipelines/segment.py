@@ -102,7 +102,7 @@ def _run_image(args, config: dict) -> int:
     image = read_image(args.image)
     if image.ndim != 2:
         raise InputError(f"{args.image} is not one grey plane")
-    settings = parse_settings({k: v for k, v in config.items() if k != "channels"}, ["image"])  # one grey plane
+    settings = parse_settings(*_one_plane(config))  # one grey plane
     nuclei_kw = dict(vars(settings.segment.classical[""].nuclei))
     if args.diameter is not None:
         nuclei_kw["diameter"] = args.diameter
@@ -125,6 +125,28 @@ def _run_image(args, config: dict) -> int:
         rgb = composite(image[None], [(255, 255, 255)])
         save_png(draw_outlines(rgb, nuclei, NUCLEUS_COLOR), out / f"{stem}_overlay.png")
     return 0
+
+
+def _one_plane(config: dict) -> tuple[dict, list[str]]:
+    """The config and channel names for one grey plane (``--image``): no [channels] and no
+    cell-channel keys (they name channels of a multi-channel input; only the nuclear settings
+    apply); the plane is "image", or the nuclear image a [segment.cellprofiler] pipeline names."""
+    import copy
+
+    from cellfeat.segment.cppipe import read_identification
+
+    config = copy.deepcopy({k: v for k, v in config.items() if k != "channels"})
+    segment = config.get("segment", {})
+    classical = segment.get("classical", {})
+    for table in [classical, *[v for v in classical.values() if isinstance(v, dict)]]:
+        table.pop("cell_channels", None)
+    cellprofiler = segment.get("cellprofiler", {})
+    cellprofiler.pop("cell_channel", None)
+    name = "image"
+    if isinstance(cellprofiler.get("pipeline"), str):
+        name = read_identification(cellprofiler["pipeline"])["nuclei_image"]
+        cellprofiler["cell_channel"] = name  # the pipeline's cell image is not this plane; its cells are not made here
+    return config, [name]
 
 
 def run(args) -> int:

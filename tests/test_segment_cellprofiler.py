@@ -262,3 +262,31 @@ def test_other_settings_give_cellprofiler_library_objects(tmp_path, variant):
     np.testing.assert_array_equal(primary.labels, ref["nuclei"])
     theirs = Primary(labels=ref["nuclei"], unedited=ref["nuclei_unedited"], threshold=float(ref["nuclei_threshold"]))
     np.testing.assert_array_equal(identify_secondary(cellbody, theirs, secondary_settings).labels, ref["cells"])
+
+
+def test_segment_image_command_runs_cellprofilers_primary_module(tmp_path):
+    """``cellfeat segment --image`` with the cellprofiler segmenter: IdentifyPrimaryObjects with
+    the config's [segment.cellprofiler.primary] on one grey file (CellProfiler's 289 nuclei)."""
+    from pipelines.cli import main
+
+    _example()  # skips where the data is absent
+    image = EXAMPLE / "AS_09125_050116030001_D03f00d0.tif"
+    assert main(["segment", "--image", str(image), "--segmenter", "cellprofiler", "--config",
+                 str(REPO / "configs" / "examplehuman.toml"), "--out", str(tmp_path)]) == 0  # fmt: skip
+    saved = np.load(tmp_path / "AS_09125_050116030001_D03f00d0_labels.npz")
+    assert str(saved["segmenter"]) == "cellprofiler" and saved["nuclei"].max() == 289
+
+
+def test_segment_image_takes_configs_that_name_other_channels(tmp_path):
+    """A config written for a multi-channel input (cell channels named) or holding only a
+    .cppipe still segments one grey plane with --image."""
+    from pipelines.cli import main
+
+    _example()
+    image = EXAMPLE / "AS_09125_050116030001_D03f00d0.tif"
+    assert main(["segment", "--image", str(image), "--segmenter", "classical", "--config",
+                 str(REPO / "configs" / "examplehuman.toml"), "--out", str(tmp_path / "classical")]) == 0  # fmt: skip
+    config = tmp_path / "pipeline.toml"
+    config.write_text(f'[segment]\nsegmenter = "cellprofiler"\n[segment.cellprofiler]\npipeline = "{EXAMPLE / "ExampleHuman.cppipe"}"\n')
+    assert main(["segment", "--image", str(image), "--config", str(config), "--out", str(tmp_path / "cp")]) == 0
+    assert np.load(tmp_path / "cp" / "AS_09125_050116030001_D03f00d0_labels.npz")["nuclei"].max() == 289
