@@ -6,8 +6,10 @@ Per site it writes ``OUT/{experiment}/Plate{p}/{well}_s{site}_labels.npz`` holdi
 With ``--image FILE`` it segments the nuclei of one grey image: ``OUT/{stem}_labels.npz``
 (``nuclei``, ``border``).
 
-The segmenter is ``classical`` (no weights), ``cellpose`` (needs its weights on disk) or
-``auto``: Cellpose where its weights are present, else classical; the log says which ran.
+The segmenter is ``classical`` (no weights), ``cellpose`` (needs its weights on disk),
+``cellprofiler`` (CellProfiler's IdentifyPrimary/Secondary/TertiaryObjects with the settings of
+``[segment.cellprofiler]`` or its ``.cppipe``) or ``auto``: Cellpose where its weights are
+present, else classical; the log says which ran.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ NUCLEUS_COLOR = (0, 255, 255)
 
 
 def choose_segmenter(requested: str, settings: Settings) -> str:
-    """``classical`` or ``cellpose``; ``auto`` is Cellpose only where its weights are on disk."""
+    """``classical``, ``cellpose`` or ``cellprofiler`` as asked; ``auto`` is Cellpose only where its weights are on disk."""
     if requested not in SEGMENTERS:
         raise ConfigError(f"unknown segmenter {requested!r}; expected one of {SEGMENTERS}")
     if requested != "auto":
