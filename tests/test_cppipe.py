@@ -119,3 +119,19 @@ def test_examplehuman_pipeline_gives_the_shipped_config():
     written = parse_settings(config, CHANNELS).segment.cellprofiler
     config["segment"]["cellprofiler"] = {"pipeline": str(EXAMPLE)}
     assert parse_settings(config, CHANNELS).segment.cellprofiler == written
+
+
+def test_robust_background_settings_are_read(tmp_path):
+    text = PIPELINE.format(limit="Continue", strategy="Global").replace(
+        "    Thresholding method:Otsu\n",
+        "    Thresholding method:Robust Background\n    Lower outlier fraction:0.1\n    Upper outlier fraction:0.02\n"
+        "    Averaging method:Median\n    Variance method:Median absolute deviation\n    # of deviations:1.5\n")
+    path = tmp_path / "robust.cppipe"
+    path.write_text(text)
+    threshold = read_identification(path)["primary"]["threshold"]
+    assert threshold["method"] == "robust_background" and threshold["averaging"] == "median"
+    assert threshold["variance"] == "median_absolute_deviation" and threshold["deviations"] == 1.5
+    assert (threshold["lower_outlier_fraction"], threshold["upper_outlier_fraction"]) == (0.1, 0.02)
+    path.write_text(text.replace("Averaging method:Median", "Averaging method:Mode"))
+    with pytest.raises(PipelineError, match="Averaging method"):
+        read_identification(path)

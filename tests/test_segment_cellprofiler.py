@@ -290,3 +290,25 @@ def test_segment_image_takes_configs_that_name_other_channels(tmp_path):
     config.write_text(f'[segment]\nsegmenter = "cellprofiler"\n[segment.cellprofiler]\npipeline = "{EXAMPLE / "ExampleHuman.cppipe"}"\n')
     assert main(["segment", "--image", str(image), "--config", str(config), "--out", str(tmp_path / "cp")]) == 0
     assert np.load(tmp_path / "cp" / "AS_09125_050116030001_D03f00d0_labels.npz")["nuclei"].max() == 289
+
+
+@pytest.mark.parametrize("averaging, variance", [("Mean", "Standard deviation"), ("Median", "Median absolute deviation")])
+def test_robust_background_threshold_is_cellprofilers(tmp_path, averaging, variance):
+    dna, cellbody = _example()
+    ref = _reference(tmp_path, {"dna": dna, "cells": cellbody},
+                     {"image": "dna", "min_size": 8, "max_size": 80, "threshold_method": "Robust Background",
+                      "lower_outlier_fraction": 0.1, "upper_outlier_fraction": 0.02, "averaging_method": averaging,
+                      "variance_method": variance, "number_of_deviations": 1.5, "threshold_smoothing": 1.3488},
+                     {"image": "cells", "full_mask": True, "threshold_method": "Robust Background",
+                      "averaging_method": averaging, "variance_method": variance, "threshold_correction_factor": 0.8})  # fmt: skip
+    names = {"Mean": "mean", "Median": "median", "Standard deviation": "standard_deviation",
+             "Median absolute deviation": "median_absolute_deviation"}
+    robust = {"method": "robust_background", "averaging": names[averaging], "variance": names[variance]}
+    primary = identify_primary(dna, PrimarySettings(min_diameter=8, max_diameter=80, threshold=ThresholdSettings(
+        smoothing_scale=1.3488, lower_outlier_fraction=0.1, upper_outlier_fraction=0.02, deviations=1.5, **robust)))  # fmt: skip
+    assert abs(primary.threshold - ref["nuclei_threshold"]) < 1e-9
+    np.testing.assert_array_equal(primary.labels, ref["nuclei"])
+    theirs = Primary(labels=ref["nuclei"], unedited=ref["nuclei_unedited"], threshold=float(ref["nuclei_threshold"]))
+    cells = identify_secondary(cellbody, theirs, SecondarySettings(threshold=ThresholdSettings(correction_factor=0.8, **robust)))
+    assert abs(cells.threshold - ref["cells_threshold"]) < 1e-9
+    np.testing.assert_array_equal(cells.labels, ref["cells"])

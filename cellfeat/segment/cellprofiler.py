@@ -13,12 +13,13 @@ Images are floats scaled as CellProfiler scales them (8-bit / 255, 16-bit / 6553
 what the threshold bounds (0-1) refer to. Lengths are pixels.
 
 Supported: global thresholds (Minimum Cross-Entropy, Otsu with two or three classes, the middle
-class to the fore- or background; smoothing scale, correction factor, bounds, log transform),
+class to the fore- or background, Robust Background with mean or median and standard or median
+absolute deviation; smoothing scale, correction factor, bounds, log transform),
 declumping by intensity or shape, dividing lines by intensity, shape or propagation, the
 smoothing filter and the minimum distance between maxima (automatic or set), low-resolution
 maxima, hole filling (never / after thresholding and declumping / after declumping), the size
-and border filters. Not yet: adaptive thresholds and Robust Background (a clear error names
-them).
+and border filters. Not yet: adaptive thresholds and Robust Background's Mode averaging (a clear
+error names them).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from skimage import filters
 from cellfeat.errors import ConfigError
 from cellfeat.segment import cpmorph
 
-THRESHOLD_METHODS = ("minimum_cross_entropy", "otsu")
+THRESHOLD_METHODS = ("minimum_cross_entropy", "otsu", "robust_background")
+AVERAGING = ("mean", "median")  # Robust Background's averaging method (CellProfiler's "Mode" not yet)
+VARIANCE = ("standard_deviation", "median_absolute_deviation")
 UNCLUMP_METHODS = ("intensity", "shape", "none")
 DIVIDING_METHODS = ("intensity", "shape", "propagate", "none")
 FILL_HOLES = ("never", "both", "declump")  # never; after both thresholding and declumping; after declumping only
@@ -53,12 +56,20 @@ class ThresholdSettings:
     upper_bound: float = 1.0
     log_transform: bool = False  # [Log transform before thresholding?]
     scope: str = "global"  # [Threshold strategy]: only "global" so far
+    lower_outlier_fraction: float = 0.05  # Robust Background: [Lower outlier fraction]
+    upper_outlier_fraction: float = 0.05  # [Upper outlier fraction]
+    averaging: str = "mean"  # [Averaging method]: "mean" or "median"
+    variance: str = "standard_deviation"  # [Variance method]: or "median_absolute_deviation"
+    deviations: float = 2.0  # [# of deviations]
 
     def __post_init__(self):
         if self.scope != "global":
             raise ConfigError(f"threshold strategy {self.scope!r} is not supported yet; use \"global\"")
         if self.method not in THRESHOLD_METHODS:
             raise ConfigError(f"threshold method {self.method!r} is not supported; expected one of {THRESHOLD_METHODS}")
+        if self.averaging not in AVERAGING or self.variance not in VARIANCE:
+            raise ConfigError(f"Robust Background averaging {self.averaging!r} / variance {self.variance!r}: expected one of "
+                              f"{AVERAGING} / {VARIANCE} (CellProfiler's Mode is not supported yet)")  # fmt: skip
         if self.classes not in (2, 3):
             raise ConfigError(f"threshold classes must be 2 or 3, got {self.classes!r}")
 
@@ -127,6 +138,26 @@ def _levels(values: np.ndarray) -> np.ndarray:
     return np.unique(flat)
 
 
+def _robust_background(values: np.ndarray, settings: ThresholdSettings) -> float:
+    """CellProfiler's Robust Background: the average of the pixels left after trimming the
+    outlier fractions off both ends, plus ``deviations`` times their spread."""
+    flat = np.sort(values.ravel())
+    if len(flat) < 3:
+        return 0.0
+    if flat[0] == flat[-1]:
+        return float(flat[0])
+    low = round(len(flat) * settings.lower_outlier_fraction)
+    high = len(flat) - round(len(flat) * settings.upper_outlier_fraction)
+    kept = flat if low == 0 else flat[low:high]
+    average = np.mean(kept) if settings.averaging == "mean" else np.median(kept)
+    if settings.variance == "standard_deviation":
+        spread = np.std(kept)
+    else:
+        a = np.asarray(kept, dtype=float).flatten()
+        spread = np.median(np.abs(a - np.median(a)))
+    return float(average + spread * settings.deviations)
+
+
 def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.ndarray | None = None) -> float:
     """The module's threshold of ``image`` (before smoothing: CellProfiler smooths only the image
     it compares with the threshold)."""
@@ -141,6 +172,8 @@ def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.nd
     elif settings.method == "minimum_cross_entropy":
         tolerance = max(float(np.min(np.diff(_levels(values)))) / 2, 0.5 / 65536)
         threshold = float(filters.threshold_li(values, tolerance=tolerance))
+    elif settings.method == "robust_background":
+        threshold = _robust_background(values, settings)
     elif settings.classes == 2:
         threshold = float(filters.threshold_otsu(values))
     else:

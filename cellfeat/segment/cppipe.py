@@ -95,8 +95,16 @@ def _pair(module: Module, text: str) -> tuple[float, float]:
 def _threshold(module: Module) -> dict:
     _choice(module, "Threshold strategy", {"Global": "global"})
     lower, upper = _pair(module, "Lower and upper bounds on threshold")
-    method = _choice(module, "Thresholding method", {"Minimum Cross-Entropy": "minimum_cross_entropy", "Otsu": "otsu"})
+    method = _choice(module, "Thresholding method", {"Minimum Cross-Entropy": "minimum_cross_entropy", "Otsu": "otsu",
+                                                     "Robust Background": "robust_background"})  # fmt: skip
     table = {"method": method}
+    if method == "robust_background":
+        table["lower_outlier_fraction"] = float(module.get("Lower outlier fraction"))
+        table["upper_outlier_fraction"] = float(module.get("Upper outlier fraction"))
+        table["averaging"] = _choice(module, "Averaging method", {"Mean": "mean", "Median": "median"})
+        table["variance"] = _choice(module, "Variance method", {"Standard deviation": "standard_deviation",
+                                                                "Median absolute deviation": "median_absolute_deviation"})  # fmt: skip
+        table["deviations"] = float(module.get("# of deviations"))
     if method == "otsu":  # the classes and the middle class's side mean nothing to Minimum Cross-Entropy
         table["classes"] = _choice(module, "Two-class or three-class thresholding?", {"Two classes": 2, "Three classes": 3}, "Two classes")
         table["middle_to_foreground"] = _choice(module, "Assign pixels in the middle intensity class to the foreground or the background?",
