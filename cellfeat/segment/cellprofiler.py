@@ -33,6 +33,13 @@ from skimage import filters
 
 from cellfeat.errors import ConfigError
 from cellfeat.segment import cpmorph
+from cellfeat.segment.objects import (
+    LABEL_DTYPE,
+    Segmentation,
+    empty,
+    relabel_sequential,
+    touches_border,
+)
 
 THRESHOLD_METHODS = ("minimum_cross_entropy", "otsu", "robust_background")
 AVERAGING = ("mean", "median")  # Robust Background's averaging method (CellProfiler's "Mode" not yet)
@@ -190,38 +197,39 @@ def apply_threshold(image: np.ndarray, threshold: float, smoothing_scale: float,
     half of it is within the scale), at or above the threshold."""
     if smoothing_scale == 0:
         return image >= threshold if mask is None else (image >= threshold) & mask
-    sigma = smoothing_scale / 0.6744 / 2.0
-
-    def blur(x):
-        return ndi.gaussian_filter(x, sigma, mode="constant", cval=0)
-
+    how = ("gaussian", smoothing_scale / 0.6744 / 2.0)
     if mask is None:  # the blurred all-ones image depends on the shape only: computed once
         mask = np.ones(image.shape, bool)
-        bleed = _blurred_ones(image.shape, ("gaussian", sigma))
+        bleed = _blurred_ones(image.shape, how)
     else:
-        bleed = blur(mask.astype(float))
+        bleed = _blur(mask.astype(float), how)
     masked = np.zeros(image.shape, image.dtype)
     masked[mask] = image[mask]
-    smoothed = blur(masked) / (bleed + np.finfo(float).eps)
+    smoothed = _blur(masked, how) / (bleed + np.finfo(float).eps)
     return (smoothed >= threshold) & mask
 
 
 # --------------------------------------------------------------------------- declumping
 
 
+def _blur(x: np.ndarray, how: tuple[str, float]) -> np.ndarray:
+    """The modules' two smoothing filters, zero outside the image: ``("gaussian", sigma)``, the
+    threshold's; ``("declump", size)``, declumping's Gaussian of sigma ``size / 2.35`` cut at
+    ``size / 2`` px (a row pass, then a column pass)."""
+    kind, size = how
+    if kind == "gaussian":
+        return ndi.gaussian_filter(x, size, mode="constant", cval=0)
+    sigma = size / 2.35
+    half = max(int(float(size) / 2.0), 1)
+    kernel = 1 / np.sqrt(2.0 * np.pi) / sigma * np.exp(-0.5 * np.arange(-half, half + 1) ** 2 / sigma**2)
+    return ndi.convolve1d(ndi.convolve1d(x, kernel, axis=0, mode="constant"), kernel, axis=1, mode="constant")
+
+
 @functools.lru_cache(maxsize=16)
 def _blurred_ones(shape: tuple[int, ...], how: tuple[str, float]) -> np.ndarray:
     """The edge correction of a smoothing filter on an unmasked image: the filter applied to
-    ones, by the very call the filter makes (so the same floats), kept read-only per shape."""
-    kind, size = how
-    ones = np.ones(shape, float)
-    if kind == "gaussian":
-        out = ndi.gaussian_filter(ones, size, mode="constant", cval=0)
-    else:
-        sigma = size / 2.35
-        half = max(int(float(size) / 2.0), 1)
-        kernel = 1 / np.sqrt(2.0 * np.pi) / sigma * np.exp(-0.5 * np.arange(-half, half + 1) ** 2 / sigma**2)
-        out = ndi.convolve1d(ndi.convolve1d(ones, kernel, axis=0, mode="constant"), kernel, axis=1, mode="constant")
+    ones (so the same floats), kept read-only per shape."""
+    out = _blur(np.ones(shape, float), how)
     out.setflags(write=False)
     return out
 
@@ -233,17 +241,11 @@ def _smooth(image: np.ndarray, mask: np.ndarray | None, filter_size: float) -> n
         mask = np.ones(image.shape, bool)
     if filter_size == 0:
         return image
-    sigma = filter_size / 2.35
-    half = max(int(float(filter_size) / 2.0), 1)
-    kernel = 1 / np.sqrt(2.0 * np.pi) / sigma * np.exp(-0.5 * np.arange(-half, half + 1) ** 2 / sigma**2)
-
-    def blur(x):
-        return ndi.convolve1d(ndi.convolve1d(x, kernel, axis=0, mode="constant"), kernel, axis=1, mode="constant")
-
-    edge = _blurred_ones(image.shape, ("declump", float(filter_size))) if mask.all() else blur(mask.astype(float))
+    how = ("declump", float(filter_size))
+    edge = _blurred_ones(image.shape, how) if mask.all() else _blur(mask.astype(float), how)
     out = image.copy()
     out[~mask] = 0
-    smoothed = blur(out)
+    smoothed = _blur(out, how)
     out[mask] = smoothed[mask] / edge[mask]
     return out
 
@@ -354,8 +356,7 @@ def identify_primary(image: np.ndarray, settings: PrimarySettings = PrimarySetti
         labels = _discard_size(labels, settings.min_diameter, settings.max_diameter)
     if settings.fill_holes != "never":
         labels = cpmorph.fill_labeled_holes(labels)
-    labels, _ = cpmorph.relabel(labels)
-    return Primary(labels=labels.astype(np.int32), unedited=unedited.astype(np.int32), threshold=threshold)
+    return Primary(labels=relabel_sequential(labels), unedited=unedited.astype(np.int32), threshold=threshold)
 
 
 # --------------------------------------------------------------------------- secondary, tertiary
@@ -510,13 +511,6 @@ def segment_site(site: np.ndarray, *, nuclei_channel: int = 0, cell_channel: int
     """Nuclei (IdentifyPrimaryObjects on ``nuclei_channel``), cells (IdentifySecondaryObjects
     over ``cell_channel``) and cytoplasm (IdentifyTertiaryObjects) of a ``(C, H, W)`` site, as
     a :class:`~cellfeat.segment.objects.Segmentation`."""
-    from cellfeat.segment.objects import (
-        LABEL_DTYPE,
-        Segmentation,
-        empty,
-        touches_border,
-    )
-
     site = np.asarray(site)
     if site.ndim != 3:
         raise ValueError(f"expected a (C, H, W) site, got shape {site.shape}")

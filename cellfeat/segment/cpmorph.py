@@ -15,7 +15,8 @@ where it is installed); :mod:`cellfeat.segment.cellprofiler` builds the modules 
 * :func:`watershed`: scikit-image's marker watershed as it was up to 0.24, which CellProfiler's
   results follow (0.25 rewrote it: markers enter the queue at minus infinity and a pixel's cost
   is at least its parent's, which moves boundaries between touching nuclei);
-* :func:`strel_disk`, :func:`relabel`: as ``cpmorphology``'s.
+* :func:`strel_disk`: as ``cpmorphology``'s (its ``relabel`` is
+  :func:`cellfeat.segment.objects.relabel_sequential`).
 """
 
 from __future__ import annotations
@@ -35,19 +36,6 @@ def strel_disk(radius: float) -> np.ndarray:
     r = int(radius)
     x, y = np.mgrid[-r : r + 1, -r : r + 1]
     return (x * x + y * y <= radius * radius).astype(float)
-
-
-def relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Labels renumbered 1..n in the order of their old numbers; (labels, n)."""
-    if labels.size == 0 or labels.max() <= 0:
-        return labels, 0
-    present = np.flatnonzero(np.bincount(labels.ravel().clip(0)))  # ascending, as np.unique: counted, not sorted
-    present = present[present != 0]
-    if len(present) == 0:
-        return labels, 0
-    table = np.zeros(int(present.max()) + 1, np.int64)
-    table[present] = np.arange(1, len(present) + 1)
-    return table[labels], len(present)
 
 
 # --------------------------------------------------------------------------- holes
@@ -299,6 +287,19 @@ def _smaller(value, age, a, b):
     return age[a] < age[b]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sift_up(value, age, index, child):
+    """The heap's push: the item just written at ``child`` rises while smaller than its parent."""
+    while child > 0:
+        parent = (child + 1) // 2 - 1
+        if not _smaller(value, age, child, parent):
+            return
+        value[parent], value[child] = value[child], value[parent]
+        age[parent], age[child] = age[child], age[parent]
+        index[parent], index[child] = index[child], index[parent]
+        child = parent
+
+
 @numba.njit(cache=True, nogil=True)
 def _flood(image, markers, mask, offsets, output):
     """scikit-image 0.24's ``watershed_raveled`` (no compactness, no watershed line) with its
@@ -310,24 +311,10 @@ def _flood(image, markers, mask, offsets, output):
     index = np.empty(capacity, np.int64)
     items = 0
     counter = 1
-    for k in range(len(markers) + 1):
-        if k < len(markers):
-            v, a, p = image[markers[k]], 0, markers[k]
-        else:
-            break
-        # push
-        value[items], age[items], index[items] = v, a, p
-        child = items
+    for k in range(len(markers)):  # capacity holds them all
+        value[items], age[items], index[items] = image[markers[k]], 0, markers[k]
+        _sift_up(value, age, index, items)
         items += 1
-        while child > 0:
-            parent = (child + 1) // 2 - 1
-            if _smaller(value, age, child, parent):
-                value[parent], value[child] = value[child], value[parent]
-                age[parent], age[child] = age[child], age[parent]
-                index[parent], index[child] = index[child], index[parent]
-                child = parent
-            else:
-                break
     while items > 0:
         p = index[0]
         items -= 1
@@ -364,17 +351,8 @@ def _flood(image, markers, mask, offsets, output):
                 value2[:items], age2[:items], index2[:items] = value[:items], age[:items], index[:items]
                 value, age, index = value2, age2, index2
             value[items], age[items], index[items] = image[q], counter, q
-            child = items
+            _sift_up(value, age, index, items)
             items += 1
-            while child > 0:
-                parent = (child + 1) // 2 - 1
-                if _smaller(value, age, child, parent):
-                    value[parent], value[child] = value[child], value[parent]
-                    age[parent], age[child] = age[child], age[parent]
-                    index[parent], index[child] = index[child], index[parent]
-                    child = parent
-                else:
-                    break
 
 
 def watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

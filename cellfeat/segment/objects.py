@@ -75,7 +75,10 @@ def empty(shape: tuple[int, int]) -> Segmentation:
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Renumber the non-zero labels 1..N in order of their old values, as int32."""
     labels = np.asarray(labels)
-    ids = np.unique(labels)
+    if labels.size and labels.min() >= 0 and labels.max() <= labels.size:
+        ids = np.flatnonzero(np.bincount(labels.ravel()))  # the labels present, ascending: counted, not sorted
+    else:
+        ids = np.unique(labels)
     ids = ids[ids != 0]
     if ids.size == 0:
         return np.zeros(labels.shape, LABEL_DTYPE)
