@@ -14,14 +14,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cellfeat.features.registry import FAMILIES, Inputs, get_family
+from cellfeat.features.registry import FAMILIES, Family, Inputs, get_family
 
 # CellProfiler pipelines usually run MeasureObjectNeighbors on these objects only.
 NEIGHBOR_COMPARTMENTS = ("Nuclei", "Cells")
 OBJECT_NUMBER = "Metadata_ObjectNumber"
 
 
-def _load_families(names: Sequence[str] | None) -> list[tuple[str, Inputs, object]]:
+def _load_families(names: Sequence[str] | None) -> list[tuple[str, Inputs, object, Family]]:
     explicit = names is not None
     names = list(FAMILIES) if names is None else list(names)
     loaded = []
@@ -36,7 +36,7 @@ def _load_families(names: Sequence[str] | None) -> list[tuple[str, Inputs, objec
                 else f"drop {name!r} from families=[...]"
             )
             raise ImportError(f"feature family {name!r} ({family.module}) cannot be imported: {exc}; {hint}") from exc
-        loaded.append((name, family.inputs, function))
+        loaded.append((name, family.inputs, function, family))
     return loaded
 
 
@@ -83,10 +83,10 @@ def measure_objects(
     n_rows = max((int(np.max(m)) if np.size(m) else 0 for m in masks.values()), default=0)
     columns: dict[str, np.ndarray] = {OBJECT_NUMBER: np.arange(1, n_rows + 1, dtype=np.int64)}
     pairs = list(itertools.combinations(range(len(channels)), 2))
-    granular: dict[int, np.ndarray | None] = {}  # channel -> Granularity's reconstructions, shared by the compartments
+    per_plane: dict[tuple[str, int], object] = {}  # (family, channel) -> its shared plane work, for every compartment
     for compartment, labels in masks.items():
         labels = np.ascontiguousarray(labels, dtype=np.int32)
-        for name, inputs, function in loaded:
+        for name, inputs, function, family in loaded:
             kwargs = dict(options.get(name, {}))
             if inputs is Inputs.OBJECTS:
                 if name == "Neighbors" and compartment not in NEIGHBOR_COMPARTMENTS:
@@ -94,19 +94,18 @@ def measure_objects(
                 for key, values in function(labels, None, **kwargs).items():
                     columns[f"{compartment}_{key}"] = _padded(values, n_rows)
             elif inputs is Inputs.CHANNEL:
-                if name == "RadialDistribution":  # its geometry is the same for every channel
-                    from cellfeat.features.radial import radial_geometry
-
-                    kwargs["geometry"] = radial_geometry(labels, **kwargs)
+                shared_labels, shared_plane = family.shared("per_labels"), family.shared("per_plane")
+                if shared_labels is not None:  # the same for every channel
+                    compute, keyword = shared_labels
+                    kwargs[keyword] = compute(labels, **kwargs)
                 for c, channel in enumerate(channels):
                     call = kwargs
-                    if name == "Granularity" and labels.any():  # its image work is the same for every compartment
-                        if c not in granular:
-                            from cellfeat.features.granularity import reconstructions_for
-
-                            granular[c] = reconstructions_for(pixels[c], **kwargs)
-                        if granular[c] is not None:
-                            call = {**kwargs, "reconstructions": granular[c]}
+                    if shared_plane is not None and labels.any():  # the same for every compartment
+                        compute, keyword = shared_plane
+                        if (name, c) not in per_plane:
+                            per_plane[(name, c)] = compute(pixels[c], **kwargs)
+                        if per_plane[(name, c)] is not None:
+                            call = {**kwargs, keyword: per_plane[(name, c)]}
                     for key, values in function(labels, pixels[c], **call).items():
                         columns[f"{compartment}_{key.format(image=channel)}"] = _padded(values, n_rows)
             else:

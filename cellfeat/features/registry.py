@@ -35,13 +35,26 @@ class Inputs(enum.Enum):
 
 @dataclass(frozen=True)
 class Family:
+    """A family, and the work its calls on one site can share. ``per_labels`` = (function,
+    keyword): ``function(labels, **options)`` depends on the labels only, so the orchestrator
+    computes it once a compartment and passes it to every channel's call as ``keyword``;
+    ``per_plane`` likewise for ``function(plane, **options)`` (None where the family has nothing
+    to share for that plane), once a channel for every compartment."""
+
     name: str  # CellProfiler's module family name
     module: str
     function: str
     inputs: Inputs
+    per_labels: tuple[str, str] | None = None
+    per_plane: tuple[str, str] | None = None
 
     def load(self) -> Callable:
         return getattr(importlib.import_module(self.module), self.function)
+
+    def shared(self, which: str) -> tuple[Callable, str] | None:
+        """(function, keyword) of ``per_labels`` or ``per_plane``, or None."""
+        spec = getattr(self, which)
+        return None if spec is None else (getattr(importlib.import_module(self.module), spec[0]), spec[1])
 
 
 FAMILIES: dict[str, Family] = {
@@ -51,8 +64,10 @@ FAMILIES: dict[str, Family] = {
         Family("Neighbors", "cellfeat.features.neighbors", "neighbors", Inputs.OBJECTS),
         Family("Intensity", "cellfeat.features.intensity", "intensity", Inputs.CHANNEL),
         Family("Texture", "cellfeat.features.texture", "texture", Inputs.CHANNEL),
-        Family("Granularity", "cellfeat.features.granularity", "granularity", Inputs.CHANNEL),
-        Family("RadialDistribution", "cellfeat.features.radial", "radial_distribution", Inputs.CHANNEL),
+        Family("Granularity", "cellfeat.features.granularity", "granularity", Inputs.CHANNEL,
+               per_plane=("reconstructions_for", "reconstructions")),
+        Family("RadialDistribution", "cellfeat.features.radial", "radial_distribution", Inputs.CHANNEL,
+               per_labels=("radial_geometry", "geometry")),
         Family("Correlation", "cellfeat.features.correlation", "correlation", Inputs.PAIR),
     )
 }
