@@ -17,6 +17,7 @@ The cells are compared twice: grown from CellProfiler's own nuclei (the secondar
 and from ours (end to end).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_identify.py [--repeat 3] [--json FILE]
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_identify.py --adaptive 50   # both thresholds adaptive
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", help="write every number to this file")
+    parser.add_argument("--adaptive", type=int, metavar="WINDOW", help="both modules' thresholds adaptive, in windows of this size")
     args = parser.parse_args(argv)
+    primary_settings, secondary_settings, cp_primary, cp_secondary = PRIMARY, SECONDARY, CP_PRIMARY, CP_SECONDARY
+    if args.adaptive:
+        adaptive = {"scope": "adaptive", "window_size": args.adaptive}
+        primary_settings = replace(PRIMARY, threshold=replace(PRIMARY.threshold, **adaptive))
+        secondary_settings = replace(SECONDARY, threshold=replace(SECONDARY.threshold, **adaptive))
+        cp_primary = {**CP_PRIMARY, "threshold_scope": "Adaptive", "window_size": args.adaptive}
+        cp_secondary = {**CP_SECONDARY, "threshold_scope": "Adaptive", "window_size": args.adaptive}
     if not CPREF.exists():
         parser.error(f"CellProfiler's library environment is missing ({CPREF}): make it with bash scripts/make_cpref_env.sh")
     rows = []
@@ -114,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
             if cellbody is not None:
                 np.save(folder / "cells.npy", cellbody)
                 images["cells"] = "cells.npy"
-            job = {"images": images, "primary": {"image": "dna", **CP_PRIMARY}, "repeat": args.repeat,
-                   "secondary": None if cellbody is None else {"image": "cells", **CP_SECONDARY}}  # fmt: skip
+            job = {"images": images, "primary": {"image": "dna", **cp_primary}, "repeat": args.repeat,
+                   "secondary": None if cellbody is None else {"image": "cells", **cp_secondary}}  # fmt: skip
             (folder / "job.json").write_text(json.dumps(job))
             env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             subprocess.run([str(CPREF), str(REPO / "scripts" / "cp_reference.py"), str(folder / "job.json"), "--out",
                             str(folder / "ref.npz")], check=True, env=env)  # fmt: skip
             ref = dict(np.load(folder / "ref.npz"))
-            primary, primary_s = fastest(lambda dna=dna: identify_primary(dna, PRIMARY), args.repeat)
+            primary, primary_s = fastest(lambda dna=dna: identify_primary(dna, primary_settings), args.repeat)
             row = {"image": name, "nuclei": int(ref["nuclei"].max()), "ours": int(primary.labels.max()),
                    "threshold_diff": abs(primary.threshold - float(ref["nuclei_threshold"])),
                    "nuclei_identical": bool(np.array_equal(primary.labels, ref["nuclei"])),
@@ -129,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                    "primary_ours_s": primary_s, "primary_cp_s": float(ref["nuclei_seconds"])}  # fmt: skip
             if cellbody is not None:
                 theirs = Primary(labels=ref["nuclei"], unedited=ref["nuclei_unedited"], threshold=float(ref["nuclei_threshold"]))
-                cells, secondary_s = fastest(lambda c=cellbody, t=theirs: identify_secondary(c, t, SECONDARY), args.repeat)
-                end_to_end = identify_secondary(cellbody, primary, SECONDARY)
+                cells, secondary_s = fastest(lambda c=cellbody, t=theirs: identify_secondary(c, t, secondary_settings), args.repeat)
+                end_to_end = identify_secondary(cellbody, primary, secondary_settings)
                 row.update(cells_identical=bool(np.array_equal(cells.labels, ref["cells"])),
                            cells_matched=matched(cells.labels, ref["cells"]),
                            cells_end_to_end_matched=matched(end_to_end.labels, ref["cells"]),

@@ -77,7 +77,7 @@ def test_every_identification_setting_is_read(tmp_path):
     assert (primary["min_diameter"], primary["max_diameter"], primary["discard_border"]) == (12, 60, False)
     assert (primary["unclump"], primary["dividing_lines"], primary["fill_holes"]) == ("shape", "propagate", "both")
     assert (primary["smoothing_filter"], primary["maxima_distance"], primary["low_resolution_maxima"]) == (7, 9, False)
-    assert primary["threshold"] == {"method": "otsu", "classes": 3, "middle_to_foreground": False, "smoothing_scale": 2.0,
+    assert primary["threshold"] == {"method": "otsu", "scope": "global", "classes": 3, "middle_to_foreground": False, "smoothing_scale": 2.0,
                                     "correction_factor": 1.2, "lower_bound": 0.01, "upper_bound": 0.9, "log_transform": True}  # fmt: skip
     secondary = table["secondary"]
     assert (secondary["method"], secondary["fill_holes"], secondary["discard_border"]) == ("watershed_image", False, True)
@@ -98,7 +98,7 @@ def test_the_config_reads_a_pipeline_and_overrides_it(tmp_path):
         parse_settings(config, channels)
 
 
-@pytest.mark.parametrize("limit, strategy, match", [("Erase", "Global", "excessive number"), ("Continue", "Adaptive", "Threshold strategy")])
+@pytest.mark.parametrize("limit, strategy, match", [("Erase", "Global", "excessive number"), ("Continue", "Local", "Threshold strategy")])
 def test_what_cellfeat_does_not_do_is_named(tmp_path, limit, strategy, match):
     with pytest.raises(PipelineError, match=match):
         read_identification(_write(tmp_path, limit, strategy))
@@ -133,5 +133,25 @@ def test_robust_background_settings_are_read(tmp_path):
     assert threshold["variance"] == "median_absolute_deviation" and threshold["deviations"] == 1.5
     assert (threshold["lower_outlier_fraction"], threshold["upper_outlier_fraction"]) == (0.1, 0.02)
     path.write_text(text.replace("Averaging method:Median", "Averaging method:Mode"))
+    assert read_identification(path)["primary"]["threshold"]["averaging"] == "mode"
+    path.write_text(text.replace("Averaging method:Median", "Averaging method:Harmonic"))
     with pytest.raises(PipelineError, match="Averaging method"):
+        read_identification(path)
+
+
+def test_adaptive_thresholds_are_read_with_their_window(tmp_path):
+    text = PIPELINE.format(limit="Continue", strategy="Adaptive").replace(
+        "    Log transform before thresholding?:Yes\n", "    Log transform before thresholding?:Yes\n    Size of adaptive window:64\n")
+    path = tmp_path / "adaptive.cppipe"
+    path.write_text(text)
+    primary = read_identification(path)["primary"]["threshold"]
+    assert (primary["scope"], primary["window_size"], primary["method"]) == ("adaptive", 64, "otsu")
+    assert read_identification(path)["secondary"]["threshold"]["scope"] == "global"
+    path.write_text(text.replace("Thresholding method:Otsu", "Thresholding method:Sauvola"))
+    assert read_identification(path)["primary"]["threshold"]["method"] == "sauvola"
+    path.write_text(PIPELINE.format(limit="Continue", strategy="Global").replace("Thresholding method:Otsu", "Thresholding method:Sauvola"))
+    with pytest.raises(PipelineError, match="Sauvola"):  # CellProfiler offers it with the adaptive strategy only
+        read_identification(path)
+    path.write_text(text.replace("    Size of adaptive window:64\n", ""))
+    with pytest.raises(PipelineError, match="Size of adaptive window"):
         read_identification(path)

@@ -72,12 +72,15 @@ def test_morphology_kernels_equal_centrosome():
 def test_propagate_equals_centrosome_including_ties():
     P = pytest.importorskip("centrosome.propagate", reason="centrosome (the dev extra, via cp-measure) is the reference")
     rng = np.random.default_rng(1)
-    for t in range(15):
+    for t in range(30):
         n = int(rng.integers(30, 120))
         image = ndi.gaussian_filter(rng.random((n, n)), rng.uniform(0.5, 3))
         if t % 3 == 0:
             image = np.round(image * 20) / 20  # many equal distances: the heap's order decides
         seeds = ndi.label(rng.random((n, n)) > 0.995)[0]
+        if t % 2:  # blobs numbered out of row-major order, as nuclei are: centrosome's seeds are not heapified
+            seeds = ndi.label(ndi.binary_dilation(seeds > 0, iterations=2))[0]
+            seeds = np.concatenate(([0], rng.permutation(seeds.max()) + 1))[seeds]
         mask = ndi.gaussian_filter(rng.random((n, n)), 2) > rng.uniform(0.45, 0.5)
         weight = (0.05, 1.0, 0.0)[t % 3]
         ours, ours_d = propagate(image, seeds, mask, weight)
@@ -125,8 +128,12 @@ def test_tertiary_objects_keep_every_cell():
 def test_unsupported_settings_are_named():
     from cellfeat.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="adaptive"):
-        ThresholdSettings(scope="adaptive")
+    with pytest.raises(ConfigError, match="strategy"):
+        ThresholdSettings(scope="local")
+    with pytest.raises(ConfigError, match="adaptive only"):
+        ThresholdSettings(method="sauvola")
+    with pytest.raises(ConfigError, match="window_size"):
+        ThresholdSettings(scope="adaptive", window_size=0)
     with pytest.raises(ConfigError, match="unclump"):
         PrimarySettings(unclump="laplacian")
     with pytest.raises(ConfigError, match="method"):
@@ -310,5 +317,43 @@ def test_robust_background_threshold_is_cellprofilers(tmp_path, averaging, varia
     np.testing.assert_array_equal(primary.labels, ref["nuclei"])
     theirs = Primary(labels=ref["nuclei"], unedited=ref["nuclei_unedited"], threshold=float(ref["nuclei_threshold"]))
     cells = identify_secondary(cellbody, theirs, SecondarySettings(threshold=ThresholdSettings(correction_factor=0.8, **robust)))
+    assert abs(cells.threshold - ref["cells_threshold"]) < 1e-9
+    np.testing.assert_array_equal(cells.labels, ref["cells"])
+
+
+ADAPTIVE = [  # (CellProfiler's keywords, ours) for the primary, then the secondary
+    ({"threshold_scope": "Adaptive", "window_size": 50, "threshold_smoothing": 1.3488},
+     ThresholdSettings(scope="adaptive", smoothing_scale=1.3488),
+     {"threshold_scope": "Adaptive", "window_size": 64, "threshold_method": "Otsu", "threshold_correction_factor": 0.8},
+     ThresholdSettings(scope="adaptive", window_size=64, method="otsu", correction_factor=0.8)),
+    ({"threshold_scope": "Adaptive", "window_size": 40, "threshold_method": "Multi-Otsu", "log_transform": True,
+      "assign_middle_to_foreground": "Background", "threshold_smoothing": 1.0},
+     ThresholdSettings(scope="adaptive", window_size=40, method="otsu", classes=3, middle_to_foreground=False, log_transform=True,
+                       smoothing_scale=1.0),
+     {"threshold_scope": "Adaptive", "window_size": 80, "threshold_method": "Robust Background", "averaging_method": "Mode",
+      "variance_method": "Median absolute deviation", "number_of_deviations": 3.0, "lower_outlier_fraction": 0.1},
+     ThresholdSettings(scope="adaptive", window_size=80, method="robust_background", averaging="mode",
+                       variance="median_absolute_deviation", deviations=3.0, lower_outlier_fraction=0.1)),
+    ({"threshold_method": "Robust Background", "averaging_method": "Mode", "threshold_smoothing": 1.3488},
+     ThresholdSettings(method="robust_background", averaging="mode", smoothing_scale=1.3488),
+     {"threshold_scope": "Adaptive", "window_size": 50, "threshold_method": "Sauvola", "threshold_correction_factor": 0.9},
+     ThresholdSettings(scope="adaptive", window_size=50, method="sauvola", correction_factor=0.9)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", range(len(ADAPTIVE)))
+def test_adaptive_and_mode_thresholds_give_cellprofiler_library_objects(tmp_path, variant):
+    """Adaptive thresholds (Minimum Cross-Entropy, Otsu two- and three-class with log transform,
+    Robust Background with the binned mode, Sauvola) and Robust Background's Mode averaging:
+    the same mean threshold and the same objects as CellProfiler's library."""
+    cp_primary, ours_primary, cp_secondary, ours_secondary = ADAPTIVE[variant]
+    dna, cellbody = _example()
+    ref = _reference(tmp_path, {"dna": dna, "cells": cellbody}, {"image": "dna", "min_size": 8, "max_size": 80, **cp_primary},
+                     {"image": "cells", "full_mask": True, **cp_secondary})  # fmt: skip
+    primary = identify_primary(dna, PrimarySettings(min_diameter=8, max_diameter=80, threshold=ours_primary))
+    assert abs(primary.threshold - ref["nuclei_threshold"]) < 1e-9
+    np.testing.assert_array_equal(primary.labels, ref["nuclei"])
+    theirs = Primary(labels=ref["nuclei"], unedited=ref["nuclei_unedited"], threshold=float(ref["nuclei_threshold"]))
+    cells = identify_secondary(cellbody, theirs, SecondarySettings(threshold=ours_secondary), mask=np.ones(cellbody.shape, bool))
     assert abs(cells.threshold - ref["cells_threshold"]) < 1e-9
     np.testing.assert_array_equal(cells.labels, ref["cells"])

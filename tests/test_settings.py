@@ -94,6 +94,6 @@ def test_cellprofiler_segmenter_settings_from_the_config():
     assert cp.primary.threshold.smoothing_scale == 1.3488  # the module's default kept under a partial table
     assert cp.primary.threshold.correction_factor == 0.9 and cp.secondary.threshold.correction_factor == 0.8
     for bad, match in (({"primary": {"unclump": "x"}}, "unclump"), ({"primary": {"threshold": {"methd": 1}}}, "methd"),
-                       ({"cell_channel": "nope"}, "nope"), ({"secondary": {"threshold": {"scope": "adaptive"}}}, "adaptive")):  # fmt: skip
+                       ({"cell_channel": "nope"}, "nope"), ({"secondary": {"threshold": {"scope": "local"}}}, "local")):  # fmt: skip
         with pytest.raises(SettingsError, match=match):
             parse_settings({**base, "segment": {"cellprofiler": bad}}, channels)

@@ -12,27 +12,29 @@ reference for tests and ``scripts/bench_identify.py``.
 Images are floats scaled as CellProfiler scales them (8-bit / 255, 16-bit / 65535), which is
 what the threshold bounds (0-1) refer to. Lengths are pixels.
 
-Supported: global thresholds (Minimum Cross-Entropy, Otsu with two or three classes, the middle
-class to the fore- or background, Robust Background with mean or median and standard or median
-absolute deviation; smoothing scale, correction factor, bounds, log transform),
+Supported: the thresholds of :mod:`cellfeat.segment.cpthreshold` (global and adaptive),
 declumping by intensity or shape, dividing lines by intensity, shape or propagation, the
 smoothing filter and the minimum distance between maxima (automatic or set), low-resolution
 maxima, hole filling (never / after thresholding and declumping / after declumping), the size
-and border filters. Not yet: adaptive thresholds and Robust Background's Mode averaging (a clear
-error names them).
+and border filters.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.ndimage as ndi
-from skimage import filters
 
 from cellfeat.errors import ConfigError
 from cellfeat.segment import cpmorph
+from cellfeat.segment.cpthreshold import (
+    ThresholdSettings,
+    apply_threshold,
+    blur,
+    blurred_ones,
+    threshold,
+)
 from cellfeat.segment.objects import (
     LABEL_DTYPE,
     Segmentation,
@@ -41,44 +43,10 @@ from cellfeat.segment.objects import (
     touches_border,
 )
 
-THRESHOLD_METHODS = ("minimum_cross_entropy", "otsu", "robust_background")
-AVERAGING = ("mean", "median")  # Robust Background's averaging method (CellProfiler's "Mode" not yet)
-VARIANCE = ("standard_deviation", "median_absolute_deviation")
 UNCLUMP_METHODS = ("intensity", "shape", "none")
 DIVIDING_METHODS = ("intensity", "shape", "propagate", "none")
 FILL_HOLES = ("never", "both", "declump")  # never; after both thresholding and declumping; after declumping only
 EIGHT = np.ones((3, 3), bool)
-
-
-@dataclass(frozen=True)
-class ThresholdSettings:
-    """A module's threshold settings (CellProfiler's names in brackets)."""
-
-    method: str = "minimum_cross_entropy"  # [Thresholding method]: "minimum_cross_entropy" or "otsu"
-    classes: int = 2  # [Two-class or three-class thresholding?] (Otsu)
-    middle_to_foreground: bool = True  # [Assign pixels in the middle intensity class to the foreground...]
-    smoothing_scale: float = 0.0  # [Threshold smoothing scale]
-    correction_factor: float = 1.0  # [Threshold correction factor]
-    lower_bound: float = 0.0  # [Lower and upper bounds on threshold]
-    upper_bound: float = 1.0
-    log_transform: bool = False  # [Log transform before thresholding?]
-    scope: str = "global"  # [Threshold strategy]: only "global" so far
-    lower_outlier_fraction: float = 0.05  # Robust Background: [Lower outlier fraction]
-    upper_outlier_fraction: float = 0.05  # [Upper outlier fraction]
-    averaging: str = "mean"  # [Averaging method]: "mean" or "median"
-    variance: str = "standard_deviation"  # [Variance method]: or "median_absolute_deviation"
-    deviations: float = 2.0  # [# of deviations]
-
-    def __post_init__(self):
-        if self.scope != "global":
-            raise ConfigError(f"threshold strategy {self.scope!r} is not supported yet; use \"global\"")
-        if self.method not in THRESHOLD_METHODS:
-            raise ConfigError(f"threshold method {self.method!r} is not supported; expected one of {THRESHOLD_METHODS}")
-        if self.averaging not in AVERAGING or self.variance not in VARIANCE:
-            raise ConfigError(f"Robust Background averaging {self.averaging!r} / variance {self.variance!r}: expected one of "
-                              f"{AVERAGING} / {VARIANCE} (CellProfiler's Mode is not supported yet)")  # fmt: skip
-        if self.classes not in (2, 3):
-            raise ConfigError(f"threshold classes must be 2 or 3, got {self.classes!r}")
 
 
 @dataclass(frozen=True)
@@ -110,128 +78,14 @@ class PrimarySettings:
 @dataclass(frozen=True)
 class Primary:
     """IdentifyPrimaryObjects' output: the objects, the objects before the border and size
-    filters (IdentifySecondaryObjects uses them), and the threshold."""
+    filters (IdentifySecondaryObjects uses them), and the threshold (an adaptive one's mean)."""
 
     labels: np.ndarray
     unedited: np.ndarray
     threshold: float
 
 
-# --------------------------------------------------------------------------- threshold
-
-
-def _log_transform(image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
-    """centrosome's ``threshold.log_transform``: log of the image floored at 1/256 of its range
-    above its minimum, stretched to 0-1; returns the conversion for :func:`_inverse_log`."""
-    low, high = float(image.min()), float(image.max())
-    floor = low + (high - low) / 256.0 + np.finfo(image.dtype).eps
-    logged = np.log(np.maximum(image, floor))
-    log_min, log_max = float(logged.min()), float(logged.max())
-    if log_min == log_max:
-        stretched = np.zeros_like(logged) if log_min < 0 else (np.ones_like(logged) if log_min > 1 else logged)
-    else:
-        stretched = (logged - log_min) / (log_max - log_min)
-    return stretched, (log_min, log_max)
-
-
-def _levels(values: np.ndarray) -> np.ndarray:
-    """``np.unique(values)``, by counting where every value is exactly k / 255 or k / 65535 (the
-    images CellProfiler reads), else by sorting."""
-    flat = values.ravel()
-    for scale in (255.0, 65535.0):
-        codes = np.rint(flat * scale)
-        if codes.min() >= 0 and codes.max() <= scale and np.array_equal(codes / scale, flat):
-            return np.flatnonzero(np.bincount(codes.astype(np.int64), minlength=int(scale) + 1)) / scale
-    return np.unique(flat)
-
-
-def _robust_background(values: np.ndarray, settings: ThresholdSettings) -> float:
-    """CellProfiler's Robust Background: the average of the pixels left after trimming the
-    outlier fractions off both ends, plus ``deviations`` times their spread."""
-    flat = np.sort(values.ravel())
-    if len(flat) < 3:
-        return 0.0
-    if flat[0] == flat[-1]:
-        return float(flat[0])
-    low = round(len(flat) * settings.lower_outlier_fraction)
-    high = len(flat) - round(len(flat) * settings.upper_outlier_fraction)
-    kept = flat if low == 0 else flat[low:high]
-    average = np.mean(kept) if settings.averaging == "mean" else np.median(kept)
-    if settings.variance == "standard_deviation":
-        spread = np.std(kept)
-    else:
-        a = np.asarray(kept, dtype=float).flatten()
-        spread = np.median(np.abs(a - np.median(a)))
-    return float(average + spread * settings.deviations)
-
-
-def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.ndarray | None = None) -> float:
-    """The module's threshold of ``image`` (before smoothing: CellProfiler smooths only the image
-    it compares with the threshold)."""
-    conversion = None
-    if settings.log_transform:
-        image, conversion = _log_transform(image)
-    values = image[mask] if mask is not None else image
-    if values.size == 0:
-        threshold = 0.0
-    elif np.all(values == values.ravel()[0]):
-        threshold = float(values.ravel()[0])
-    elif settings.method == "minimum_cross_entropy":
-        tolerance = max(float(np.min(np.diff(_levels(values)))) / 2, 0.5 / 65536)
-        threshold = float(filters.threshold_li(values, tolerance=tolerance))
-    elif settings.method == "robust_background":
-        threshold = _robust_background(values, settings)
-    elif settings.classes == 2:
-        threshold = float(filters.threshold_otsu(values))
-    else:
-        threshold = float(filters.threshold_multiotsu(values, nbins=128)[0 if settings.middle_to_foreground else 1])
-    if conversion is not None:
-        log_min, log_max = conversion
-        threshold = float(np.exp(threshold * (log_max - log_min) + log_min))
-    threshold *= settings.correction_factor
-    return min(max(threshold, settings.lower_bound), settings.upper_bound)
-
-
-def apply_threshold(image: np.ndarray, threshold: float, smoothing_scale: float, mask: np.ndarray | None = None) -> np.ndarray:
-    """Foreground: the image, Gaussian-smoothed at the threshold smoothing scale (its sigma:
-    half of it is within the scale), at or above the threshold."""
-    if smoothing_scale == 0:
-        return image >= threshold if mask is None else (image >= threshold) & mask
-    how = ("gaussian", smoothing_scale / 0.6744 / 2.0)
-    if mask is None:  # the blurred all-ones image depends on the shape only: computed once
-        mask = np.ones(image.shape, bool)
-        bleed = _blurred_ones(image.shape, how)
-    else:
-        bleed = _blur(mask.astype(float), how)
-    masked = np.zeros(image.shape, image.dtype)
-    masked[mask] = image[mask]
-    smoothed = _blur(masked, how) / (bleed + np.finfo(float).eps)
-    return (smoothed >= threshold) & mask
-
-
 # --------------------------------------------------------------------------- declumping
-
-
-def _blur(x: np.ndarray, how: tuple[str, float]) -> np.ndarray:
-    """The modules' two smoothing filters, zero outside the image: ``("gaussian", sigma)``, the
-    threshold's; ``("declump", size)``, declumping's Gaussian of sigma ``size / 2.35`` cut at
-    ``size / 2`` px (a row pass, then a column pass)."""
-    kind, size = how
-    if kind == "gaussian":
-        return ndi.gaussian_filter(x, size, mode="constant", cval=0)
-    sigma = size / 2.35
-    half = max(int(float(size) / 2.0), 1)
-    kernel = 1 / np.sqrt(2.0 * np.pi) / sigma * np.exp(-0.5 * np.arange(-half, half + 1) ** 2 / sigma**2)
-    return ndi.convolve1d(ndi.convolve1d(x, kernel, axis=0, mode="constant"), kernel, axis=1, mode="constant")
-
-
-@functools.lru_cache(maxsize=16)
-def _blurred_ones(shape: tuple[int, ...], how: tuple[str, float]) -> np.ndarray:
-    """The edge correction of a smoothing filter on an unmasked image: the filter applied to
-    ones (so the same floats), kept read-only per shape."""
-    out = _blur(np.ones(shape, float), how)
-    out.setflags(write=False)
-    return out
 
 
 def _smooth(image: np.ndarray, mask: np.ndarray | None, filter_size: float) -> np.ndarray:
@@ -242,10 +96,10 @@ def _smooth(image: np.ndarray, mask: np.ndarray | None, filter_size: float) -> n
     if filter_size == 0:
         return image
     how = ("declump", float(filter_size))
-    edge = _blurred_ones(image.shape, how) if mask.all() else _blur(mask.astype(float), how)
+    edge = blurred_ones(image.shape, how) if mask.all() else blur(mask.astype(float), how)
     out = image.copy()
     out[~mask] = 0
-    smoothed = _blur(out, how)
+    smoothed = blur(out, how)
     out[mask] = smoothed[mask] / edge[mask]
     return out
 
@@ -342,8 +196,8 @@ def _discard_size(labels: np.ndarray, min_diameter: float, max_diameter: float) 
 def identify_primary(image: np.ndarray, settings: PrimarySettings = PrimarySettings(), mask: np.ndarray | None = None) -> Primary:
     """IdentifyPrimaryObjects on one float image (CellProfiler's scale)."""
     image = np.asarray(image, np.float64)
-    threshold = global_threshold(image, settings.threshold, mask)
-    binary = apply_threshold(image, threshold, settings.threshold.smoothing_scale, mask)
+    level = threshold(image, settings.threshold, mask)
+    binary = apply_threshold(image, level, settings.threshold.smoothing_scale, mask)
     max_size = settings.max_diameter
     if settings.fill_holes == "both":
         binary = cpmorph.fill_labeled_holes(binary, size_fn=lambda area, is_object: area < max_size * max_size)
@@ -356,7 +210,7 @@ def identify_primary(image: np.ndarray, settings: PrimarySettings = PrimarySetti
         labels = _discard_size(labels, settings.min_diameter, settings.max_diameter)
     if settings.fill_holes != "never":
         labels = cpmorph.fill_labeled_holes(labels)
-    return Primary(labels=relabel_sequential(labels), unedited=unedited.astype(np.int32), threshold=threshold)
+    return Primary(labels=relabel_sequential(labels), unedited=unedited.astype(np.int32), threshold=float(np.mean(level)))
 
 
 # --------------------------------------------------------------------------- secondary, tertiary
@@ -407,10 +261,10 @@ def identify_secondary(image: np.ndarray, primary: Primary, settings: SecondaryS
     objects = primary.labels
     if image.shape != objects.shape:
         raise ValueError(f"image {image.shape} and primary objects {objects.shape} must have one shape")
-    threshold, binary = float("nan"), None
+    level, binary = float("nan"), None
     if settings.method != "distance_n":
-        threshold = global_threshold(image, settings.threshold, mask)
-        binary = apply_threshold(image, threshold, settings.threshold.smoothing_scale, mask)
+        level = threshold(image, settings.threshold, mask)
+        binary = apply_threshold(image, level, settings.threshold.smoothing_scale, mask)
     # the unedited primary objects that touch the edge stay as seeds (they claim their ground),
     # the others only where they survived the filters
     seeds = primary.unedited.copy()
@@ -455,7 +309,7 @@ def identify_secondary(image: np.ndarray, primary: Primary, settings: SecondaryS
         new[0] = 0
         new[new != 0] = np.arange(np.count_nonzero(new)) + 1
         kept, cells = new[objects], new[cells]
-    return Secondary(labels=cells.astype(np.int32), primary=kept.astype(np.int32), threshold=threshold)
+    return Secondary(labels=cells.astype(np.int32), primary=kept.astype(np.int32), threshold=float(np.mean(level)))
 
 
 def outline(labels: np.ndarray) -> np.ndarray:

@@ -93,15 +93,19 @@ def _pair(module: Module, text: str) -> tuple[float, float]:
 
 
 def _threshold(module: Module) -> dict:
-    _choice(module, "Threshold strategy", {"Global": "global"})
+    scope = _choice(module, "Threshold strategy", {"Global": "global", "Adaptive": "adaptive"})
     lower, upper = _pair(module, "Lower and upper bounds on threshold")
-    method = _choice(module, "Thresholding method", {"Minimum Cross-Entropy": "minimum_cross_entropy", "Otsu": "otsu",
-                                                     "Robust Background": "robust_background"})  # fmt: skip
-    table = {"method": method}
+    methods = {"Minimum Cross-Entropy": "minimum_cross_entropy", "Otsu": "otsu", "Robust Background": "robust_background"}
+    if scope == "adaptive":
+        methods["Sauvola"] = "sauvola"
+    method = _choice(module, "Thresholding method", methods)
+    table = {"method": method, "scope": scope}
+    if scope == "adaptive":
+        table["window_size"] = int(float(module.get("Size of adaptive window")))
     if method == "robust_background":
         table["lower_outlier_fraction"] = float(module.get("Lower outlier fraction"))
         table["upper_outlier_fraction"] = float(module.get("Upper outlier fraction"))
-        table["averaging"] = _choice(module, "Averaging method", {"Mean": "mean", "Median": "median"})
+        table["averaging"] = _choice(module, "Averaging method", {"Mean": "mean", "Median": "median", "Mode": "mode"})
         table["variance"] = _choice(module, "Variance method", {"Standard deviation": "standard_deviation",
                                                                 "Median absolute deviation": "median_absolute_deviation"})  # fmt: skip
         table["deviations"] = float(module.get("# of deviations"))

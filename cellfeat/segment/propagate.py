@@ -4,13 +4,12 @@ Labels grow from their seeds over an image, 8-connected, in order of the accumul
 ``d(p, q) = sqrt(D**2 + w**2 * |p - q|_1)``, where ``D`` sums the absolute differences of the
 3x3 neighbourhoods of ``p`` and ``q`` (clamped at the image's edges) and ``w`` weighs space
 against intensity (IdentifySecondaryObjects' regularization factor). centrosome's heap orders
-pixels by (distance without its lowest bit, label, row, column), a total order; the queue here
-uses the same key, so pixels are claimed in the same order and the labels are the same.
+pixels by (distance without its lowest bit, label, row, column), but starts from its seeds as
+given, not heapified; the heap here repeats its every operation, so pixels are claimed in the
+same order and ties go to the same label.
 """
 
 from __future__ import annotations
-
-import heapq
 
 import numba
 import numpy as np
@@ -39,27 +38,52 @@ def _distance(image, i1, j1, i2, j2, m, n, weight):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _key(d):
-    """centrosome's heap key of a distance >= 0: its bits without the lowest one."""
-    return np.int64(np.array([d]).view(np.int64)[0]) >> 1
+def _smaller(keys, packed, a, b):
+    return keys[a] < keys[b] or (keys[a] == keys[b] and packed[a] < packed[b])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _swap(keys, packed, a, b):
+    keys[a], keys[b] = keys[b], keys[a]
+    packed[a], packed[b] = packed[b], packed[a]
 
 
 @numba.njit(cache=True, nogil=True)
 def _propagate(image, seeds_i, seeds_j, seeds_label, mask, labels, distances, weight):
     m, n = image.shape
-    # centrosome's order (distance key, label, row, column) as two int64s: the key, and
-    # label << 40 | row << 20 | column
-    heap = [(np.int64(0), np.int64(0))]
-    heap.pop()
-    for k in range(len(seeds_i)):
-        heap.append((np.int64(0), (np.int64(seeds_label[k]) << 40) | (np.int64(seeds_i[k]) << 20) | np.int64(seeds_j[k])))
-    heapq.heapify(heap)
+    # centrosome's heap, operation for operation: items (distance key, label, row, column) held as
+    # two int64s, the key and label << 40 | row << 20 | column. Its seeds enter in row-major
+    # order WITHOUT being heapified (they all have key 0, so the array is not in heap order by
+    # label), and its pops and pushes sift as below; the order pixels are claimed in, and so
+    # which label wins a tie, depends on exactly this sequence.
+    size = len(seeds_i)
+    keys = np.zeros(max(size, 1000), np.int64)
+    packed = np.zeros(max(size, 1000), np.int64)
+    for k in range(size):
+        packed[k] = (np.int64(seeds_label[k]) << 40) | (np.int64(seeds_i[k]) << 20) | np.int64(seeds_j[k])
     scratch = np.empty(1, np.float64)  # a distance >= 0 as centrosome keys it: its bits without the lowest one
     bits = scratch.view(np.int64)
     low = (np.int64(1) << 20) - 1
-    while len(heap) > 0:
-        packed = heapq.heappop(heap)[1]
-        label, i1, j1 = packed >> 40, (packed >> 20) & low, packed & low
+    while size > 0:
+        item = packed[0]
+        size -= 1
+        if size > 0:  # pop: the last item to the root, sifted down
+            _swap(keys, packed, 0, size)
+            i = 0
+            smallest = 0
+            while True:
+                left, right = 2 * i + 1, 2 * i + 2
+                if left >= size:
+                    break
+                if _smaller(keys, packed, left, i):
+                    smallest = left
+                if right < size and _smaller(keys, packed, right, smallest):
+                    smallest = right
+                if smallest == i:
+                    break
+                _swap(keys, packed, i, smallest)
+                i = smallest
+        label, i1, j1 = item >> 40, (item >> 20) & low, item & low
         if labels[i1, j1] != 0:
             continue
         labels[i1, j1] = label
@@ -72,7 +96,19 @@ def _propagate(image, seeds_i, seeds_j, seeds_label, mask, labels, distances, we
             if distances[i2, j2] == -1 or distances[i2, j2] > d:
                 distances[i2, j2] = d
                 scratch[0] = d
-                heapq.heappush(heap, (bits[0] >> 1, (label << 40) | (i2 << 20) | j2))
+                if size == len(keys):
+                    keys = np.concatenate((keys, np.zeros(size, np.int64)))
+                    packed = np.concatenate((packed, np.zeros(size, np.int64)))
+                keys[size] = bits[0] >> 1
+                packed[size] = (label << 40) | (i2 << 20) | j2
+                child = size
+                size += 1
+                while child > 0:  # push: sifted up
+                    parent = (child + 1) // 2 - 1
+                    if not _smaller(keys, packed, child, parent):
+                        break
+                    _swap(keys, packed, parent, child)
+                    child = parent
 
 
 def propagate(image: np.ndarray, labels: np.ndarray, mask: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
