@@ -37,17 +37,6 @@ def _distance(image, i1, j1, i2, j2, m, n, weight):
     return np.sqrt(diff * diff + manhattan * weight * weight)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _smaller(keys, packed, a, b):
-    return keys[a] < keys[b] or (keys[a] == keys[b] and packed[a] < packed[b])
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _swap(keys, packed, a, b):
-    keys[a], keys[b] = keys[b], keys[a]
-    packed[a], packed[b] = packed[b], packed[a]
-
-
 @numba.njit(cache=True, nogil=True)
 def _propagate(image, seeds_i, seeds_j, seeds_label, mask, labels, distances, weight):
     m, n = image.shape
@@ -57,32 +46,35 @@ def _propagate(image, seeds_i, seeds_j, seeds_label, mask, labels, distances, we
     # label), and its pops and pushes sift as below; the order pixels are claimed in, and so
     # which label wins a tie, depends on exactly this sequence.
     size = len(seeds_i)
-    keys = np.zeros(max(size, 1000), np.int64)
-    packed = np.zeros(max(size, 1000), np.int64)
+    heap = np.zeros(2 * max(size, 1000), np.int64)  # item k: heap[2k] its key, heap[2k + 1] the rest
     for k in range(size):
-        packed[k] = (np.int64(seeds_label[k]) << 40) | (np.int64(seeds_i[k]) << 20) | np.int64(seeds_j[k])
+        heap[2 * k + 1] = (np.int64(seeds_label[k]) << 40) | (np.int64(seeds_i[k]) << 20) | np.int64(seeds_j[k])
     scratch = np.empty(1, np.float64)  # a distance >= 0 as centrosome keys it: its bits without the lowest one
     bits = scratch.view(np.int64)
     low = (np.int64(1) << 20) - 1
     while size > 0:
-        item = packed[0]
+        item = heap[1]
         size -= 1
-        if size > 0:  # pop: the last item to the root, sifted down
-            _swap(keys, packed, 0, size)
+        if size > 0:  # pop: the last item to the root, sifted down (moved, not swapped: same places)
+            key, pk = heap[2 * size], heap[2 * size + 1]
             i = 0
-            smallest = 0
             while True:
-                left, right = 2 * i + 1, 2 * i + 2
+                left = 2 * i + 1
                 if left >= size:
                     break
-                if _smaller(keys, packed, left, i):
+                smallest = i
+                skey, spk = key, pk
+                if heap[2 * left] < skey or (heap[2 * left] == skey and heap[2 * left + 1] < spk):
                     smallest = left
-                if right < size and _smaller(keys, packed, right, smallest):
+                    skey, spk = heap[2 * left], heap[2 * left + 1]
+                right = left + 1
+                if right < size and (heap[2 * right] < skey or (heap[2 * right] == skey and heap[2 * right + 1] < spk)):
                     smallest = right
                 if smallest == i:
                     break
-                _swap(keys, packed, i, smallest)
+                heap[2 * i], heap[2 * i + 1] = heap[2 * smallest], heap[2 * smallest + 1]
                 i = smallest
+            heap[2 * i], heap[2 * i + 1] = key, pk
         label, i1, j1 = item >> 40, (item >> 20) & low, item & low
         if labels[i1, j1] != 0:
             continue
@@ -96,19 +88,18 @@ def _propagate(image, seeds_i, seeds_j, seeds_label, mask, labels, distances, we
             if distances[i2, j2] == -1 or distances[i2, j2] > d:
                 distances[i2, j2] = d
                 scratch[0] = d
-                if size == len(keys):
-                    keys = np.concatenate((keys, np.zeros(size, np.int64)))
-                    packed = np.concatenate((packed, np.zeros(size, np.int64)))
-                keys[size] = bits[0] >> 1
-                packed[size] = (label << 40) | (i2 << 20) | j2
+                if 2 * size == len(heap):
+                    heap = np.concatenate((heap, np.zeros(2 * size, np.int64)))
+                key, pk = bits[0] >> 1, (label << 40) | (i2 << 20) | j2
                 child = size
                 size += 1
-                while child > 0:  # push: sifted up
+                while child > 0:  # push: sifted up (moved, not swapped)
                     parent = (child + 1) // 2 - 1
-                    if not _smaller(keys, packed, child, parent):
+                    if not (key < heap[2 * parent] or (key == heap[2 * parent] and pk < heap[2 * parent + 1])):
                         break
-                    _swap(keys, packed, parent, child)
+                    heap[2 * child], heap[2 * child + 1] = heap[2 * parent], heap[2 * parent + 1]
                     child = parent
+                heap[2 * child], heap[2 * child + 1] = key, pk
 
 
 def propagate(image: np.ndarray, labels: np.ndarray, mask: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
