@@ -191,3 +191,25 @@ def test_radial_distribution_shares_its_geometry_between_channels(monkeypatch):
                 np.testing.assert_array_equal(table[f"Cells_{key.format(image=channel)}"].to_numpy(), values.astype(np.float32))
     with pytest.raises(ValueError, match="other labels"):
         R.radial_distribution(labels, pixels[0], geometry=real(labels[:, :20]))
+
+
+def test_texture_shares_its_geometry_between_channels(monkeypatch):
+    """measure_objects groups the labelled pixels for Texture once a compartment, and the
+    columns equal the family called on each channel alone."""
+    import cellfeat.features.texture as T
+
+    rng = np.random.default_rng(4)
+    pixels = rng.random((3, 48, 48)).astype(np.float32)
+    labels = np.zeros((48, 48), np.int32)
+    labels[5:20, 5:22], labels[25:44, 20:40], labels[2, 40] = 1, 2, 3  # object 3: one pixel, no pair (NaN)
+    calls = []
+    real = T.texture_geometry
+    monkeypatch.setattr(T, "texture_geometry", lambda *a, **k: calls.append(1) or real(*a, **k))
+    table = measure_objects({"Cells": labels, "Nuclei": labels}, pixels, ["a", "b", "c"], families=["Texture"])
+    assert len(calls) == 2  # one a compartment
+    for c, channel in enumerate(["a", "b", "c"]):
+        for key, values in T.texture(labels, pixels[c]).items():
+            np.testing.assert_array_equal(table[f"Cells_{key.format(image=channel)}"].to_numpy(), values.astype(np.float32))
+    assert np.isnan(table["Cells_Texture_Contrast_a_3_00_256"].to_numpy()[2])
+    with pytest.raises(ValueError, match="other labels"):
+        T.texture(labels, pixels[0], geometry=real(labels[:, :20]))

@@ -63,7 +63,7 @@ FAMILIES: dict[str, Family] = {
         Family("AreaShape", "cellfeat.features.areashape", "areashape", Inputs.OBJECTS),
         Family("Neighbors", "cellfeat.features.neighbors", "neighbors", Inputs.OBJECTS),
         Family("Intensity", "cellfeat.features.intensity", "intensity", Inputs.CHANNEL),
-        Family("Texture", "cellfeat.features.texture", "texture", Inputs.CHANNEL),
+        Family("Texture", "cellfeat.features.texture", "texture", Inputs.CHANNEL, per_labels=("texture_geometry", "geometry")),
         Family("Granularity", "cellfeat.features.granularity", "granularity", Inputs.CHANNEL,
                per_plane=("reconstructions_for", "reconstructions")),
         Family("RadialDistribution", "cellfeat.features.radial", "radial_distribution", Inputs.CHANNEL,

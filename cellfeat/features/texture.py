@@ -12,12 +12,14 @@ The algorithm is cp_measure's ``get_texture`` (CellProfiler 4's MeasureTexture, 
    ``preserve_haralick_bug=False``). If any direction has no pair, the object's 52 values are
    NaN (mahotas raises; cp_measure catches it).
 
-The kernel sorts the labelled pixels by label once; for each object and direction it then
-counts the GLCM in one branch-free pass over the object's pixels into a table indexed by the
-object's own level range (so it stays in cache), gathering on the way the sums every feature
-needs (total, sum of i j c, the marginals as integer counts, ...), and one pass over the cells
-it touched gives sum c**2 and sum c log2(c / T) and resets the table. Cost: O(pairs + levels)
-per object and direction, never O(levels**2).
+The kernel takes the labelled pixels grouped by object with their rows and columns
+(:func:`texture_geometry`, once a compartment for every channel). For each object and direction
+it counts the unordered level pairs (a <= b) in one branch-free pass over the object's pixels,
+into a 256 x 256 table whose cells are listed when first counted (half the updates of counting
+the symmetric GLCM, whose cells are u at (a, b) and (b, a), or 2u on the diagonal); one pass
+over the listed cells then gathers every sum the features need (total, sum of c**2, of
+c log2 c, of i j c, the marginals as integer counts, ...) and resets the table. Cost:
+O(pixels + cells + levels) per object and direction, never O(levels**2).
 
 One deliberate difference, the same as cp_measure's own numba backend: mahotas' HXY1
 (-sum p_ij log2(px_i py_j)) and HXY2 (the entropy of the outer product of the marginals) are
@@ -34,7 +36,7 @@ import skimage.exposure
 import skimage.util
 from numba import njit
 
-from cellfeat.features.primitives import as_labels, flatten_labels
+from cellfeat.features.primitives import as_labels, flatten_coords
 
 F_HARALICK = (
     "AngularSecondMoment",
@@ -58,20 +60,30 @@ DIRECTIONS = np.array([[0, 1], [1, 1], [1, 0], [1, -1]], np.int64)
 
 
 def texture(
-    labels: np.ndarray, pixels: np.ndarray, *, scale: int = 3, gray_levels: int = 256
+    labels: np.ndarray, pixels: np.ndarray, *, scale: int = 3, gray_levels: int = 256, geometry: tuple | None = None
 ) -> dict[str, np.ndarray]:
     """Haralick features per object: ``Texture_{Feature}_{image}_{scale}_{direction:02d}_{levels}``.
 
     ``labels`` is an int label image, ``pixels`` one float image in [0, 1] of the same shape.
     Element ``i`` belongs to label ``i + 1``; labels with no pixels, or with no non-zero pixel
-    pair in some direction, get NaN.
+    pair in some direction, get NaN. ``geometry``: :func:`texture_geometry` of these labels,
+    where the caller already has it.
     """
     labels, pixels = _check(labels, pixels, scale, gray_levels)
     levels = quantize(pixels, gray_levels)
-    n = int(labels.max(initial=0))
-    order, offsets = flatten_labels(labels, n)
-    values = _haralick_objects(labels, levels, order, offsets, DIRECTIONS * scale, gray_levels)
+    offsets, rows, cols = texture_geometry(labels) if geometry is None else geometry
+    if offsets.size - 1 != int(labels.max(initial=0)) or rows.size != offsets[-1] or cols.size != offsets[-1]:
+        raise ValueError("geometry was computed for other labels; compute it with texture_geometry(labels)")
+    values = _haralick_objects(labels, levels, offsets, rows, cols, DIRECTIONS * scale, gray_levels)
     return pack(values, scale, gray_levels)
+
+
+def texture_geometry(labels: np.ndarray, **_ignored) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labelled pixels grouped by object: ``(offsets, rows, cols)`` (labels only, so the
+    orchestrator computes it once a compartment for every channel)."""
+    labels = as_labels(labels)
+    _, offsets, rows, cols = flatten_coords(labels, int(labels.max(initial=0)))
+    return offsets, rows, cols
 
 
 def quantize(pixels: np.ndarray, gray_levels: int) -> np.ndarray:
@@ -106,7 +118,7 @@ def _check(labels, pixels, scale, gray_levels):
 
 
 @njit(cache=True, error_model="numpy")
-def _haralick_objects(labels, q, order, offsets, deltas, n_levels):
+def _haralick_objects(labels, q, offsets, rows, cols, deltas, n_levels):
     H, W = labels.shape
     n = offsets.size - 1
     ndir = deltas.shape[0]
@@ -114,21 +126,20 @@ def _haralick_objects(labels, q, order, offsets, deltas, n_levels):
     size = 0
     for obj in range(n):
         size = max(size, offsets[obj + 1] - offsets[obj])
-    # one GLCM table, indexed by the object's own level range so that it stays in cache
-    cmat = np.zeros(n_levels * n_levels, np.int64)
-    codes = np.empty(2 * size + 2, np.int64)  # the cells each pair incremented, to reset them
+    # unordered pair counts u[min(a, b) << 8 | max(a, b)]: the symmetric GLCM holds u in cells
+    # (a, b) and (b, a), 2u on its diagonal; each cell is listed in ``cells`` when first counted
+    u = np.zeros(256 * 256, np.int64)
+    cells = np.empty(size + 1, np.int64)
     px = np.zeros(n_levels, np.int64)  # marginals, as integer counts
     pplus = np.zeros(2 * n_levels, np.int64)
     pminus = np.zeros(n_levels, np.int64)
     row = np.empty(ndir * 13)
     # counts never exceed 2 * pixels: a table of log2(c) (0 for c = 0, where c is 0 too)
-    log2c = np.log2(np.arange(2 * size + 1).astype(np.float64))
+    log2c = np.log2(np.arange(2 * size + 2).astype(np.float64))
     log2c[0] = 0.0
     inv_d2 = np.empty(n_levels)  # mahotas' 1 / ((i - j)**2 + 1), by |i - j|
     for k in range(n_levels):
         inv_d2[k] = 1.0 / (k * k + 1)
-    ys = np.empty(size, np.int64)
-    xs = np.empty(size, np.int64)
     vals = np.empty(size, np.int64)
     for obj in range(n):
         start, stop = offsets[obj], offsets[obj + 1]
@@ -139,11 +150,7 @@ def _haralick_objects(labels, q, order, offsets, deltas, n_levels):
         fm1 = 1
         lo = n_levels
         for k in range(m):
-            p = order[start + k]
-            y = p // W
-            ys[k] = y
-            xs[k] = p - y * W
-            v = np.int64(q[y, p - y * W])
+            v = np.int64(q[rows[start + k], cols[start + k]])
             vals[k] = v
             fm1 = max(fm1, v + 1)
             if v > 0:
@@ -154,54 +161,59 @@ def _haralick_objects(labels, q, order, offsets, deltas, n_levels):
             if not complete:
                 break
             dy, dx = deltas[d, 0], deltas[d, 1]
-            px[lo:fm1] = 0
-            pplus[2 * lo : 2 * fm1] = 0
-            pminus[:span] = 0
             nc = 0
-            total = 0
-            ij = 0
-            idm = 0.0
             for k in range(m):
                 a = vals[k]
                 if a == 0:
                     continue
-                y2 = ys[k] + dy
-                x2 = xs[k] + dx
+                y2 = rows[start + k] + dy
+                x2 = cols[start + k] + dx
                 if y2 < 0 or y2 >= H or x2 < 0 or x2 >= W:
                     continue
                 b = np.int64(q[y2, x2])
                 # Branch-free from here (whether the neighbour counts is unpredictable): a pair
-                # that does not count adds 0 everywhere and its codes are overwritten.
+                # that does not count adds 0 and its listing is overwritten.
                 ok = np.int64((labels[y2, x2] == lab) & (b != 0))
-                b = b if ok else a
-                c1 = (a - lo) * span + (b - lo)
-                c2 = (b - lo) * span + (a - lo)
-                codes[nc] = c1
-                codes[nc + 1] = c2
-                nc += 2 * ok
-                cmat[c1] += ok  # the symmetric GLCM: (a, b) and (b, a)
-                cmat[c2] += ok
-                total += 2 * ok
-                ij += 2 * a * b * ok
-                dab = a - b if a >= b else b - a
-                idm += 2.0 * ok * inv_d2[dab]
-                px[a] += ok  # column sums: cell (b, a) adds to column a, (a, b) to column b
-                px[b] += ok
-                pplus[a + b] += 2 * ok
-                pminus[dab] += 2 * ok
-            # per-cell sums; each cell is read once and reset, so repeats add 0
-            log2T = np.log2(max(total, 1))
-            s1 = 0.0  # sum c (log2 c - log2 T), i.e. -T * Entropy
-            s2 = 0  # sum c**2
-            for t in range(nc):
-                c = cmat[codes[t]]
-                s1 += c * (log2c[c] - log2T)
-                s2 += c * c
-                cmat[codes[t]] = 0
-            if total == 0:
+                code = (min(a, b) << 8) | max(a, b)
+                old = u[code]
+                cells[nc] = code
+                nc += ok & (old == 0)
+                u[code] = old + ok
+            if nc == 0:  # no pair (so nothing counted): the object's values stay NaN
                 complete = False
-            else:
-                _features(total, s1, s2, ij, idm, lo, fm1, px, pplus, pminus, log2c, row, d)
+                break
+            # one pass over the cells counted: the sums every feature needs, the table reset
+            px[lo:fm1] = 0
+            pplus[2 * lo : 2 * fm1] = 0
+            pminus[:span] = 0
+            total = 0
+            ij = 0
+            idm = 0.0
+            s2 = 0  # sum c**2 over the GLCM's cells
+            s_log = 0.0  # sum c log2(c)
+            for t in range(nc):
+                code = cells[t]
+                c = u[code]
+                u[code] = 0
+                a = code >> 8
+                b = code & 255
+                dab = b - a
+                if dab == 0:
+                    px[a] += 2 * c
+                    s2 += 4 * c * c
+                    s_log += 2.0 * c * log2c[2 * c]
+                else:  # cell (a, b) adds to column b, (b, a) to column a
+                    px[a] += c
+                    px[b] += c
+                    s2 += 2 * c * c
+                    s_log += 2.0 * c * log2c[c]
+                total += 2 * c
+                pplus[a + b] += 2 * c
+                pminus[dab] += 2 * c
+                ij += 2 * a * b * c
+                idm += 2.0 * c * inv_d2[dab]
+            s1 = s_log - total * np.log2(total)  # sum c (log2 c - log2 T), i.e. -T * Entropy
+            _features(total, s1, s2, ij, idm, lo, fm1, px, pplus, pminus, log2c, row, d)
         if complete:
             for d in range(ndir):
                 for f in range(13):
