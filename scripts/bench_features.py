@@ -151,7 +151,9 @@ def calls(name: str, masks: dict[str, np.ndarray], pixels: np.ndarray, cp: bool)
                 yield comp, ch, labels, plane
         else:
             for i, j in itertools.combinations(range(len(CHANNELS)), 2):
-                pair = pixels[[i, j]].astype(np.float64) if cp else pixels[[i, j]]
+                # cp_measure gets CellProfiler's values, the 8-bit levels k / 255 in float64 (our
+                # Correlation snaps float32-rounded levels back to them)
+                pair = np.rint(pixels[[i, j]].astype(np.float64) * 255) / 255 if cp else pixels[[i, j]]
                 yield comp, f"{CHANNELS[i]}_{CHANNELS[j]}", labels, pair
 
 

@@ -291,8 +291,8 @@ def test_costes_searches_on_the_grid_of_the_sites_bit_depth(tmp_path, bits):
     pixels = load_site(record.paths(["A", "B"]))
     unit = Unit("E", "P", None, (record,), cells_part="", wells_part="", sites_part="")
     table, _, _ = measure_unit(unit, ctx, Staged([record], [seg], [None], [], pixels=[pixels]))
-    # cp_measure on the pixels we measure (float32 k / scale, as float64), on the grid of the bit depth
-    theirs = colocalization.get_correlation_costes(*pixels.astype(np.float64), labels, scale_max=top)
+    # cp_measure on CellProfiler's values (the files' levels k / scale in float64), on the grid of the bit depth
+    theirs = colocalization.get_correlation_costes(*(np.stack(raw).astype(np.float64) / top), labels, scale_max=top)
     for i in (1, 2):
         ours = table[f"Cells_Correlation_Costes_A_B_{i}"].to_numpy(np.float64)
         np.testing.assert_allclose(ours, theirs[f"Correlation_Costes_{i}"], rtol=1e-6, atol=1e-9)
