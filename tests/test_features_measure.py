@@ -213,3 +213,28 @@ def test_texture_shares_its_geometry_between_channels(monkeypatch):
     assert np.isnan(table["Cells_Texture_Contrast_a_3_00_256"].to_numpy()[2])
     with pytest.raises(ValueError, match="other labels"):
         T.texture(labels, pixels[0], geometry=real(labels[:, :20]))
+
+
+def test_correlation_shares_geometry_and_grey_levels(monkeypatch):
+    """measure_objects groups the labelled pixels for Correlation once a compartment and reads
+    each channel's grey levels once a site, and the columns equal each pair measured alone."""
+    import cellfeat.features.correlation as C
+
+    rng = np.random.default_rng(5)
+    pixels = (rng.integers(0, 256, (3, 40, 40)) / 255).astype(np.float32)
+    labels = np.zeros((40, 40), np.int32)
+    labels[3:18, 3:20], labels[22:38, 10:36] = 1, 2
+    calls = {"geometry": 0, "levels": 0}
+    real_geometry, real_levels = C.correlation_geometry, C.grey_levels
+    monkeypatch.setattr(C, "correlation_geometry", lambda *a, **k: calls.__setitem__("geometry", calls["geometry"] + 1) or real_geometry(*a, **k))
+    monkeypatch.setattr(C, "grey_levels", lambda *a, **k: calls.__setitem__("levels", calls["levels"] + 1) or real_levels(*a, **k))
+    table = measure_objects({"Cells": labels, "Nuclei": labels}, pixels, ["a", "b", "c"], families=["Correlation"])
+    assert calls == {"geometry": 2, "levels": 3}  # one a compartment, one a channel
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        image = "abc"[i] + "_" + "abc"[j]
+        for key, values in C.correlation(labels, pixels[[i, j]]).items():
+            np.testing.assert_array_equal(table[f"Nuclei_{key.format(image=image)}"].to_numpy(), values.astype(np.float32))
+    with pytest.raises(ValueError, match="other labels"):
+        C.correlation(labels, pixels[:2], geometry=real_geometry(labels[:, :15]))
+    with pytest.raises(ValueError, match="other planes"):
+        C.correlation(labels, pixels[:2], levels=(real_levels(pixels[0, :20]), real_levels(pixels[1])))

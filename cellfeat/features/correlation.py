@@ -59,7 +59,8 @@ FEATURES = (
 
 
 def correlation(
-    labels: np.ndarray, pixels: np.ndarray, *, thr: float = 15, scale_max: int = 255
+    labels: np.ndarray, pixels: np.ndarray, *, thr: float = 15, scale_max: int = 255, geometry: tuple | None = None,
+    levels: tuple | None = None,
 ) -> dict[str, np.ndarray]:
     """Colocalization of ``pixels[0]`` and ``pixels[1]`` per object.
 
@@ -67,6 +68,8 @@ def correlation(
     object's maximum above which a pixel counts for Manders/Overlap/K/RWC; ``scale_max`` is the
     acquisition's maximum grey value (255 for RxRx1's 8-bit PNGs, 65535 for 16-bit files), which sets
     Costes' grid; ``cellfeat extract`` takes it from each site's files (:func:`cellfeat.images.full_scale`).
+    ``geometry`` (:func:`correlation_geometry` of the labels) and ``levels`` (the two planes'
+    :func:`grey_levels` at this ``scale_max``) where the caller already has them.
     """
     labels = as_labels(labels)
     pixels = np.asarray(pixels)
@@ -78,16 +81,41 @@ def correlation(
         raise ValueError(f"scale_max must be an integer between 2 and 2**32 - 1, got {scale_max}")
     if not np.issubdtype(pixels.dtype, np.floating):
         pixels = pixels.astype(np.float64)
-    pixels = np.ascontiguousarray(pixels)
-    if pixels.size and (pixels.min() < 0 or pixels.max() > 1):
+    if levels is None:
+        levels = (grey_levels(pixels[0], scale_max=scale_max), grey_levels(pixels[1], scale_max=scale_max))
+    (codes1, ok1, levels1), (codes2, ok2, levels2) = levels
+    if codes1.size != labels.size or codes2.size != labels.size:
+        raise ValueError("levels were computed for other planes; compute them with grey_levels(plane, scale_max=...)")
+    order, offsets = correlation_geometry(labels) if geometry is None else geometry
+    if offsets.size - 1 != int(labels.max(initial=0)) or order.size != np.count_nonzero(labels):
+        raise ValueError("geometry was computed for other labels; compute it with correlation_geometry(labels)")
+    first, second = np.ascontiguousarray(pixels[0]).ravel(), np.ascontiguousarray(pixels[1]).ravel()
+    values = _colocalization(first, second, order, offsets, float(thr), int(scale_max), codes1, ok1, levels1, codes2, ok2, levels2)
+    return {_key(name): np.ascontiguousarray(values[:, i]) for i, name in enumerate(FEATURES)}
+
+
+def correlation_geometry(labels: np.ndarray, **_ignored) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled pixels grouped by object, ``(order, offsets)`` (labels only: the
+    orchestrator computes it once a compartment for every channel pair)."""
+    labels = as_labels(labels)
+    return flatten_labels(labels, int(labels.max(initial=0)))
+
+
+def grey_levels(plane: np.ndarray, *, scale_max: int = 255, **_ignored) -> tuple[np.ndarray, bool, bool]:
+    """A plane's grey levels: ``rint(v * scale_max)`` per pixel (flat), whether that code is one-
+    to-one with the values, and whether the values are those levels ``k / scale_max`` (exactly or
+    rounded to float32), which :func:`correlation` then takes as CellProfiler's float64 values.
+    One plane, every compartment and pair: the orchestrator computes it once a channel."""
+    plane = np.asarray(plane)
+    if not np.issubdtype(plane.dtype, np.floating):
+        plane = plane.astype(np.float64)
+    if plane.size and (plane.min() < 0 or plane.max() > 1):
         raise ValueError(
             f"correlation expects pixels in [0, 1] (the image divided by its bit depth's maximum), "
-            f"got values in [{pixels.min()}, {pixels.max()}]; load images with cellfeat.images.load_site"
+            f"got values in [{plane.min()}, {plane.max()}]; load images with cellfeat.images.load_site"
         )
-    n = int(labels.max(initial=0))
-    order, offsets = flatten_labels(labels, n)
-    values = _colocalization(pixels[0], pixels[1], order, offsets, float(thr), int(scale_max))
-    return {_key(name): np.ascontiguousarray(values[:, i]) for i, name in enumerate(FEATURES)}
+    codes, ok, levels = _level_codes(np.ascontiguousarray(plane).ravel(), int(scale_max))
+    return codes, bool(ok), bool(levels)
 
 
 def _key(name: str) -> str:
@@ -97,7 +125,7 @@ def _key(name: str) -> str:
 
 
 @njit(cache=True, error_model="numpy")
-def _colocalization(first, second, order, offsets, thr, scale):
+def _colocalization(f1, f2, order, offsets, thr, scale, codes1, ok1, levels1, codes2, ok2, levels2):
     n = offsets.size - 1
     out = np.full((n, 11), np.nan)
     size = 0
@@ -105,10 +133,8 @@ def _colocalization(first, second, order, offsets, thr, scale):
         size = max(size, offsets[obj + 1] - offsets[obj])
     fi = np.empty(size)
     si = np.empty(size)
-    f1 = first.ravel()
-    f2 = second.ravel()
-    codes1, ok1, levels1 = _level_codes(f1, order, scale)
-    codes2, ok2, levels2 = _level_codes(f2, order, scale)
+    k1 = np.empty(size, np.int64)
+    k2 = np.empty(size, np.int64)
     present = np.zeros(scale + 1 if (ok1 or ok2) else 1, np.int64)
     r1 = np.empty(size, np.int64)
     r2 = np.empty(size, np.int64)
@@ -118,36 +144,39 @@ def _colocalization(first, second, order, offsets, thr, scale):
         if m == 0:
             continue
         for k in range(m):  # grey levels as CellProfiler holds them (k / scale in float64) where they are levels
-            fi[k] = codes1[s + k] / scale if levels1 else f1[order[s + k]]
-            si[k] = codes2[s + k] / scale if levels2 else f2[order[s + k]]
+            p = order[s + k]
+            k1[k] = codes1[p]
+            k2[k] = codes2[p]
+            fi[k] = k1[k] / scale if levels1 else f1[p]
+            si[k] = k2[k] / scale if levels2 else f2[p]
         a = fi[:m]
         b = si[:m]
         out[obj, 0], out[obj, 1] = _pearson(a, b)
-        top1 = _dense_ranks(a, codes1[s:e] if ok1 else codes1[:0], present, r1)
-        top2 = _dense_ranks(b, codes2[s:e] if ok2 else codes2[:0], present, r2)
+        top1 = _dense_ranks(a, k1[:m] if ok1 else k1[:0], present, r1)
+        top2 = _dense_ranks(b, k2[:m] if ok2 else k2[:0], present, r2)
         _thresholded(a, b, r1[:m], r2[:m], max(top1, top2) + 1, thr, out[obj])
         if levels1 and levels2 and float(m) * m * scale * scale < 2.0**62:  # integer sums cannot overflow
-            out[obj, 9], out[obj, 10] = _costes(a, b, scale, codes1[s:e], codes2[s:e])
+            out[obj, 9], out[obj, 10] = _costes(a, b, scale, k1[:m], k2[:m])
         else:
-            out[obj, 9], out[obj, 10] = _costes(a, b, scale, codes1[:0], codes2[:0])
+            out[obj, 9], out[obj, 10] = _costes(a, b, scale, k1[:0], k2[:0])
     return out
 
 
 @njit(cache=True)
-def _level_codes(flat, order, scale):
-    """``rint(v * scale)`` per labelled pixel; whether it is a one-to-one code of the values;
+def _level_codes(flat, scale):
+    """``rint(v * scale)`` per pixel; whether it is a one-to-one code of the values;
     and whether the values are those levels, ``k / scale`` (exactly, or rounded to float32).
 
     For images read from ``scale``-bit files (v = k / scale) the code is the file's grey level;
     being monotone and one-to-one, it ranks the values without sorting them.
     """
-    codes = np.empty(order.size, np.int64)
+    codes = np.zeros(flat.size, np.int64)
     if scale > 65535:
         return codes, False, False
     table = np.full(scale + 1, np.nan)
     levels = True
-    for i in range(order.size):
-        v = flat[order[i]]
+    for i in range(flat.size):
+        v = flat[i]
         c = np.rint(v * scale)
         if not (c >= 0 and c <= scale):
             return codes, False, False

@@ -109,8 +109,19 @@ def measure_objects(
                     for key, values in function(labels, pixels[c], **call).items():
                         columns[f"{compartment}_{key.format(image=channel)}"] = _padded(values, n_rows)
             else:
+                shared_labels, shared_plane = family.shared("per_labels"), family.shared("per_plane")
+                if shared_labels is not None:  # the same for every pair
+                    compute, keyword = shared_labels
+                    kwargs[keyword] = compute(labels, **kwargs)
                 for i, j in pairs:
                     image = f"{channels[i]}_{channels[j]}"
-                    for key, values in function(labels, pixels[[i, j]], **kwargs).items():
+                    call = kwargs
+                    if shared_plane is not None:  # each channel's, the same for every compartment and pair
+                        compute, keyword = shared_plane
+                        for c in (i, j):
+                            if (name, c) not in per_plane:
+                                per_plane[(name, c)] = compute(pixels[c], **kwargs)
+                        call = {**kwargs, keyword: (per_plane[(name, i)], per_plane[(name, j)])}
+                    for key, values in function(labels, pixels[[i, j]], **call).items():
                         columns[f"{compartment}_{key.format(image=image)}"] = _padded(values, n_rows)
     return pd.DataFrame(columns)

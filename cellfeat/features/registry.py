@@ -39,7 +39,8 @@ class Family:
     keyword): ``function(labels, **options)`` depends on the labels only, so the orchestrator
     computes it once a compartment and passes it to every channel's call as ``keyword``;
     ``per_plane`` likewise for ``function(plane, **options)`` (None where the family has nothing
-    to share for that plane), once a channel for every compartment."""
+    to share for that plane), once a channel for every compartment; a pair family's call gets
+    the tuple of its two channels' results."""
 
     name: str  # CellProfiler's module family name
     module: str
@@ -68,7 +69,8 @@ FAMILIES: dict[str, Family] = {
                per_plane=("reconstructions_for", "reconstructions")),
         Family("RadialDistribution", "cellfeat.features.radial", "radial_distribution", Inputs.CHANNEL,
                per_labels=("radial_geometry", "geometry")),
-        Family("Correlation", "cellfeat.features.correlation", "correlation", Inputs.PAIR),
+        Family("Correlation", "cellfeat.features.correlation", "correlation", Inputs.PAIR,
+               per_labels=("correlation_geometry", "geometry"), per_plane=("grey_levels", "levels")),
     )
 }
 
