@@ -9,7 +9,7 @@ channel pair), e.g. ``Nuclei_AreaShape_Area``, ``Cells_Intensity_MeanIntensity_w
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -84,6 +84,13 @@ def measure_objects(
     columns: dict[str, np.ndarray] = {OBJECT_NUMBER: np.arange(1, n_rows + 1, dtype=np.int64)}
     pairs = list(itertools.combinations(range(len(channels)), 2))
     per_plane: dict[tuple[str, int], object] = {}  # (family, channel) -> its shared plane work, for every compartment
+
+    def plane_work(name: str, compute: Callable, c: int, kwargs: dict):
+        """A family's shared work on channel ``c``'s plane: computed once, for every compartment and pair."""
+        if (name, c) not in per_plane:
+            per_plane[(name, c)] = compute(pixels[c], **kwargs)
+        return per_plane[(name, c)]
+
     for compartment, labels in masks.items():
         labels = np.ascontiguousarray(labels, dtype=np.int32)
         for name, inputs, function, family in loaded:
@@ -93,35 +100,27 @@ def measure_objects(
                     continue
                 for key, values in function(labels, None, **kwargs).items():
                     columns[f"{compartment}_{key}"] = _padded(values, n_rows)
-            elif inputs is Inputs.CHANNEL:
-                shared_labels, shared_plane = family.shared("per_labels"), family.shared("per_plane")
-                if shared_labels is not None:  # the same for every channel
-                    compute, keyword = shared_labels
-                    kwargs[keyword] = compute(labels, **kwargs)
+                continue
+            shared_labels, shared_plane = family.shared("per_labels"), family.shared("per_plane")
+            if shared_labels is not None:  # the same for every channel or pair
+                compute, keyword = shared_labels
+                kwargs[keyword] = compute(labels, **kwargs)
+            if inputs is Inputs.CHANNEL:
                 for c, channel in enumerate(channels):
                     call = kwargs
-                    if shared_plane is not None and labels.any():  # the same for every compartment
+                    if shared_plane is not None and labels.any():
                         compute, keyword = shared_plane
-                        if (name, c) not in per_plane:
-                            per_plane[(name, c)] = compute(pixels[c], **kwargs)
-                        if per_plane[(name, c)] is not None:
-                            call = {**kwargs, keyword: per_plane[(name, c)]}
+                        if plane_work(name, compute, c, kwargs) is not None:
+                            call = {**kwargs, keyword: plane_work(name, compute, c, kwargs)}
                     for key, values in function(labels, pixels[c], **call).items():
                         columns[f"{compartment}_{key.format(image=channel)}"] = _padded(values, n_rows)
             else:
-                shared_labels, shared_plane = family.shared("per_labels"), family.shared("per_plane")
-                if shared_labels is not None:  # the same for every pair
-                    compute, keyword = shared_labels
-                    kwargs[keyword] = compute(labels, **kwargs)
                 for i, j in pairs:
                     image = f"{channels[i]}_{channels[j]}"
                     call = kwargs
-                    if shared_plane is not None:  # each channel's, the same for every compartment and pair
+                    if shared_plane is not None:
                         compute, keyword = shared_plane
-                        for c in (i, j):
-                            if (name, c) not in per_plane:
-                                per_plane[(name, c)] = compute(pixels[c], **kwargs)
-                        call = {**kwargs, keyword: (per_plane[(name, i)], per_plane[(name, j)])}
+                        call = {**kwargs, keyword: (plane_work(name, compute, i, kwargs), plane_work(name, compute, j, kwargs))}
                     for key, values in function(labels, pixels[[i, j]], **call).items():
                         columns[f"{compartment}_{key.format(image=image)}"] = _padded(values, n_rows)
     return pd.DataFrame(columns)
