@@ -202,17 +202,27 @@ def test_texture_shares_its_geometry_between_channels(monkeypatch):
     pixels = rng.random((3, 48, 48)).astype(np.float32)
     labels = np.zeros((48, 48), np.int32)
     labels[5:20, 5:22], labels[25:44, 20:40], labels[2, 40] = 1, 2, 3  # object 3: one pixel, no pair (NaN)
-    calls = []
-    real = T.texture_geometry
+    calls, quantized = [], []
+    real, real_quantize = T.texture_geometry, T.quantize
     monkeypatch.setattr(T, "texture_geometry", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(T, "quantize", lambda *a, **k: quantized.append(1) or real_quantize(*a, **k))
     table = measure_objects({"Cells": labels, "Nuclei": labels}, pixels, ["a", "b", "c"], families=["Texture"])
     assert len(calls) == 2  # one a compartment
+    assert len(quantized) == 3  # one a channel
     for c, channel in enumerate(["a", "b", "c"]):
         for key, values in T.texture(labels, pixels[c]).items():
             np.testing.assert_array_equal(table[f"Cells_{key.format(image=channel)}"].to_numpy(), values.astype(np.float32))
     assert np.isnan(table["Cells_Texture_Contrast_a_3_00_256"].to_numpy()[2])
     with pytest.raises(ValueError, match="other labels"):
         T.texture(labels, pixels[0], geometry=real(labels[:, :20]))
+    with pytest.raises(ValueError, match="scale 3, not 2"):
+        T.texture(labels, pixels[0], scale=2, geometry=real(labels))
+    with pytest.raises(ValueError, match="levels must be"):
+        T.texture(labels, pixels[0], levels=real_quantize(pixels[0, :, :20], 256))
+    other_scale = measure_objects({"Cells": labels}, pixels, ["a", "b", "c"], families=["Texture"], options={"Texture": {"scale": 2}})
+    np.testing.assert_array_equal(
+        other_scale["Cells_Texture_Contrast_b_2_01_256"].to_numpy(), T.texture(labels, pixels[1], scale=2)["Texture_Contrast_{image}_2_01_256"].astype(np.float32)
+    )
 
 
 def test_correlation_shares_geometry_and_grey_levels(monkeypatch):

@@ -81,7 +81,7 @@ def measure_objects(
     loaded = _load_families(families)
 
     n_rows = max((int(np.max(m)) if np.size(m) else 0 for m in masks.values()), default=0)
-    columns: dict[str, np.ndarray] = {OBJECT_NUMBER: np.arange(1, n_rows + 1, dtype=np.int64)}
+    columns: dict[str, np.ndarray] = {}
     pairs = list(itertools.combinations(range(len(channels)), 2))
     per_plane: dict[tuple[str, int], object] = {}  # (family, channel) -> its shared plane work, for every compartment
 
@@ -123,4 +123,15 @@ def measure_objects(
                         call = {**kwargs, keyword: (plane_work(name, compute, i, kwargs), plane_work(name, compute, j, kwargs))}
                     for key, values in function(labels, pixels[[i, j]], **call).items():
                         columns[f"{compartment}_{key.format(image=image)}"] = _padded(values, n_rows)
-    return pd.DataFrame(columns)
+    return _table(columns, n_rows)
+
+
+def _table(columns: dict[str, np.ndarray], n_rows: int) -> pd.DataFrame:
+    """The object numbers, then the float32 columns as one block (one copy; a frame built from
+    ~1,000 separate columns costs pandas more than some families take to compute them)."""
+    block = np.empty((len(columns), n_rows), np.float32)  # pandas keeps a block column by column
+    for i, values in enumerate(columns.values()):
+        block[i] = values
+    table = pd.DataFrame(block.T, columns=list(columns), copy=False)
+    table.insert(0, OBJECT_NUMBER, np.arange(1, n_rows + 1, dtype=np.int64))
+    return table

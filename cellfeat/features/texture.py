@@ -12,14 +12,18 @@ The algorithm is cp_measure's ``get_texture`` (CellProfiler 4's MeasureTexture, 
    ``preserve_haralick_bug=False``). If any direction has no pair, the object's 52 values are
    NaN (mahotas raises; cp_measure catches it).
 
-The kernel takes the labelled pixels grouped by object with their rows and columns
-(:func:`texture_geometry`, once a compartment for every channel). For each object and direction
-it counts the unordered level pairs (a <= b) in one branch-free pass over the object's pixels,
-into a 256 x 256 table whose cells are listed when first counted (half the updates of counting
-the symmetric GLCM, whose cells are u at (a, b) and (b, a), or 2u on the diagonal); one pass
-over the listed cells then gathers every sum the features need (total, sum of c**2, of
-c log2 c, of i j c, the marginals as integer counts, ...) and resets the table. Cost:
-O(pixels + cells + levels) per object and direction, never O(levels**2).
+The labels' part is done once a compartment for every channel (:func:`texture_geometry`): the
+labelled pixels grouped by object and, per direction, each pixel's neighbour as a position within
+its object (or a slot held at level 0 where the neighbour lies outside the object), so counting
+needs no bounds or label checks; the grey levels are quantized once a channel (:func:`quantize`,
+shared between compartments). For each object and direction the kernel counts the unordered
+level pairs (a <= b) in one branch-free pass over the object's pixels, into a 256 x 256 table
+whose cells are listed when first counted (half the updates of counting the symmetric GLCM,
+whose cells are u at (a, b) and (b, a), or 2u on the diagonal); one pass over the listed cells
+then gathers every sum the features need (total, sum of c**2, of c log2 c, of i j c, the
+marginals as integer counts) and resets the table, and the features come from integer moments
+combined once (:func:`_features`). Cost: O(pixels + cells + levels) per object and direction,
+never O(levels**2).
 
 One deliberate difference, the same as cp_measure's own numba backend: mahotas' HXY1
 (-sum p_ij log2(px_i py_j)) and HXY2 (the entropy of the outer product of the marginals) are
@@ -60,33 +64,76 @@ DIRECTIONS = np.array([[0, 1], [1, 1], [1, 0], [1, -1]], np.int64)
 
 
 def texture(
-    labels: np.ndarray, pixels: np.ndarray, *, scale: int = 3, gray_levels: int = 256, geometry: tuple | None = None
+    labels: np.ndarray,
+    pixels: np.ndarray,
+    *,
+    scale: int = 3,
+    gray_levels: int = 256,
+    geometry: tuple | None = None,
+    levels: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Haralick features per object: ``Texture_{Feature}_{image}_{scale}_{direction:02d}_{levels}``.
 
     ``labels`` is an int label image, ``pixels`` one float image in [0, 1] of the same shape.
     Element ``i`` belongs to label ``i + 1``; labels with no pixels, or with no non-zero pixel
-    pair in some direction, get NaN. ``geometry``: :func:`texture_geometry` of these labels,
-    where the caller already has it.
+    pair in some direction, get NaN. ``geometry``: :func:`texture_geometry` of these labels and
+    ``levels``: :func:`quantize` of these pixels, where the caller already has them (the
+    orchestrator computes them once a compartment and once a channel).
     """
     labels, pixels = _check(labels, pixels, scale, gray_levels)
-    levels = quantize(pixels, gray_levels)
-    offsets, rows, cols = texture_geometry(labels) if geometry is None else geometry
-    if offsets.size - 1 != int(labels.max(initial=0)) or rows.size != offsets[-1] or cols.size != offsets[-1]:
-        raise ValueError("geometry was computed for other labels; compute it with texture_geometry(labels)")
-    values = _haralick_objects(labels, levels, offsets, rows, cols, DIRECTIONS * scale, gray_levels)
+    if levels is None:
+        levels = quantize(pixels, gray_levels)
+    elif levels.shape != pixels.shape or levels.dtype != np.uint8:
+        raise ValueError(f"levels must be quantize(pixels, gray_levels): uint8 of shape {pixels.shape}, got {levels.dtype} {levels.shape}")
+    geometry = texture_geometry(labels, scale=scale) if geometry is None else geometry
+    offsets, order, neighbours, geometry_scale = geometry
+    n = int(labels.max(initial=0))
+    if offsets.size - 1 != n or order.size != offsets[-1] or neighbours.shape != (len(DIRECTIONS), order.size):
+        raise ValueError("geometry was computed for other labels; compute it with texture_geometry(labels, scale=scale)")
+    if geometry_scale != int(scale):
+        raise ValueError(f"geometry was computed for scale {geometry_scale}, not {scale}; compute it with texture_geometry(labels, scale=scale)")
+    values = _haralick_objects(levels, offsets, order, neighbours, gray_levels)
     return pack(values, scale, gray_levels)
 
 
-def texture_geometry(labels: np.ndarray, **_ignored) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The labelled pixels grouped by object: ``(offsets, rows, cols)`` (labels only, so the
-    orchestrator computes it once a compartment for every channel)."""
+def texture_geometry(labels: np.ndarray, *, scale: int = 3, **_ignored) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """What the counting needs of the labels alone, so the orchestrator computes it once a
+    compartment for every channel: ``(offsets, order, neighbours, scale)``, the labelled pixels
+    grouped by object (flat indices ``order``, object ``k``'s at ``offsets[k]:offsets[k + 1]``)
+    and, per direction ``d`` and pixel ``i``, ``neighbours[d, i]``: the position within its
+    object of the pixel ``scale`` steps away in direction ``d`` when that pixel lies in the same
+    object, else the object's size (a slot the kernel holds at level 0, which never counts)."""
     labels = as_labels(labels)
-    _, offsets, rows, cols = flatten_coords(labels, int(labels.max(initial=0)))
-    return offsets, rows, cols
+    order, offsets, rows, cols = flatten_coords(labels, int(labels.max(initial=0)))
+    return offsets, order, _neighbours(labels, offsets, rows, cols, DIRECTIONS * int(scale)), int(scale)
 
 
-def quantize(pixels: np.ndarray, gray_levels: int) -> np.ndarray:
+@njit(cache=True)
+def _neighbours(labels, offsets, rows, cols, deltas):
+    H, W = labels.shape
+    n = offsets.size - 1
+    within = np.empty((H, W), np.int32)  # each labelled pixel's position within its object
+    for obj in range(n):
+        for i in range(offsets[obj], offsets[obj + 1]):
+            within[rows[i], cols[i]] = i - offsets[obj]
+    nd = deltas.shape[0]
+    out = np.empty((nd, offsets[n]), np.int32)
+    for obj in range(n):
+        start, stop = offsets[obj], offsets[obj + 1]
+        lab = obj + 1
+        for i in range(start, stop):
+            y, x = rows[i], cols[i]
+            for d in range(nd):
+                y2 = y + deltas[d, 0]
+                x2 = x + deltas[d, 1]
+                if 0 <= y2 < H and 0 <= x2 < W and labels[y2, x2] == lab:
+                    out[d, i] = within[y2, x2]
+                else:
+                    out[d, i] = stop - start
+    return out
+
+
+def quantize(pixels: np.ndarray, gray_levels: int = 256, **_ignored) -> np.ndarray:
     """The image's grey levels as uint8, exactly as cp_measure/CellProfiler 4 quantize them."""
     q = skimage.util.img_as_ubyte(pixels, force_copy=True)
     if gray_levels != 256:
@@ -118,10 +165,10 @@ def _check(labels, pixels, scale, gray_levels):
 
 
 @njit(cache=True, error_model="numpy")
-def _haralick_objects(labels, q, offsets, rows, cols, deltas, n_levels):
-    H, W = labels.shape
+def _haralick_objects(q, offsets, order, neighbours, n_levels):
+    qflat = q.ravel()
     n = offsets.size - 1
-    ndir = deltas.shape[0]
+    ndir = neighbours.shape[0]
     out = np.full((n, ndir, 13), np.nan)
     size = 0
     for obj in range(n):
@@ -140,40 +187,35 @@ def _haralick_objects(labels, q, offsets, rows, cols, deltas, n_levels):
     inv_d2 = np.empty(n_levels)  # mahotas' 1 / ((i - j)**2 + 1), by |i - j|
     for k in range(n_levels):
         inv_d2[k] = 1.0 / (k * k + 1)
-    vals = np.empty(size, np.int64)
+    vals = np.empty(size + 1, np.int64)
     for obj in range(n):
         start, stop = offsets[obj], offsets[obj + 1]
         m = stop - start
         if m == 0:
             continue
-        lab = obj + 1
         fm1 = 1
         lo = n_levels
         for k in range(m):
-            v = np.int64(q[rows[start + k], cols[start + k]])
+            v = np.int64(qflat[order[start + k]])
             vals[k] = v
             fm1 = max(fm1, v + 1)
             if v > 0:
                 lo = min(lo, v)
+        vals[m] = 0  # the slot of a neighbour outside the object
         span = fm1 - lo
         complete = span > 0
         for d in range(ndir):
             if not complete:
                 break
-            dy, dx = deltas[d, 0], deltas[d, 1]
+            nb = neighbours[d, start:stop]
             nc = 0
             for k in range(m):
+                # Branch-free (whether the pair counts is unpredictable): a pair that does not
+                # count (a level 0, or the neighbour outside the object) adds 0 and its listing
+                # is overwritten.
                 a = vals[k]
-                if a == 0:
-                    continue
-                y2 = rows[start + k] + dy
-                x2 = cols[start + k] + dx
-                if y2 < 0 or y2 >= H or x2 < 0 or x2 >= W:
-                    continue
-                b = np.int64(q[y2, x2])
-                # Branch-free from here (whether the neighbour counts is unpredictable): a pair
-                # that does not count adds 0 and its listing is overwritten.
-                ok = np.int64((labels[y2, x2] == lab) & (b != 0))
+                b = vals[nb[k]]
+                ok = np.int64((a != 0) & (b != 0))
                 code = (min(a, b) << 8) | max(a, b)
                 old = u[code]
                 cells[nc] = code
@@ -188,7 +230,6 @@ def _haralick_objects(labels, q, offsets, rows, cols, deltas, n_levels):
             pminus[:span] = 0
             total = 0
             ij = 0
-            idm = 0.0
             s2 = 0  # sum c**2 over the GLCM's cells
             s_log = 0.0  # sum c log2(c)
             for t in range(nc):
@@ -211,9 +252,8 @@ def _haralick_objects(labels, q, offsets, rows, cols, deltas, n_levels):
                 pplus[a + b] += 2 * c
                 pminus[dab] += 2 * c
                 ij += 2 * a * b * c
-                idm += 2.0 * c * inv_d2[dab]
             s1 = s_log - total * np.log2(total)  # sum c (log2 c - log2 T), i.e. -T * Entropy
-            _features(total, s1, s2, ij, idm, lo, fm1, px, pplus, pminus, log2c, row, d)
+            _features(total, s1, s2, ij, lo, fm1, px, pplus, pminus, log2c, inv_d2, row, d)
         if complete:
             for d in range(ndir):
                 for f in range(13):
@@ -222,77 +262,71 @@ def _haralick_objects(labels, q, offsets, rows, cols, deltas, n_levels):
 
 
 @njit(cache=True, error_model="numpy")
-def _entropy(counts, m, T, log2c, log2T):
-    """mahotas' ``_entropy`` of ``counts[:m] / T``: ``-sum(p * log2(p))`` over the entries.
-
-    ``log2(c / T)`` is taken as ``log2c[c] - log2T`` from a table of integer logs (equal to
-    rounding), which saves one ``log2`` call per entry; ``log2c[0]`` is 0, so zeros add 0.
-    """
-    s = 0.0
-    for i in range(m):
-        c = counts[i]
-        s -= (c / T) * (log2c[c] - log2T)
-    return s
-
-
-@njit(cache=True, error_model="numpy")
-def _features(total, s1, s2, ij, idm, lo, fm1, px, pplus, pminus, log2c, row, d):
+def _features(total, s1, s2, ij, lo, fm1, px, pplus, pminus, log2c, inv_d2, row, d):
     """mahotas' ``haralick_features`` for one GLCM, from sums gathered while counting it.
 
-    ``T`` = total count; ``s1`` = sum of c log2(c / T) and ``s2`` = sum of c**2 over the cells;
-    ``ij`` = sum of i j c; ``idm`` = sum of c / ((i - j)**2 + 1); the marginals ``px``,
-    ``pplus``, ``pminus`` as integer counts. Every feature is mahotas' formula rewritten on
-    these sums (e.g. Entropy = -s1 / T), equal up to rounding. Levels below ``lo``
-    (the object's lowest non-zero level) have no pairs, so the loops over levels skip them.
+    ``total`` = T, the total count; ``s1`` = sum of c log2(c / T) and ``s2`` = sum of c**2 over
+    the cells; ``ij`` = sum of i j c; the marginals ``px``, ``pplus``, ``pminus`` as integer
+    counts. Every feature is mahotas' formula rewritten on these sums, equal up to rounding:
+    moments are integer sums combined once, e.g. Variance = (T sum k^2 px - (sum k px)^2) / T^2
+    (products taken in float64: exact while under 2**53, i.e. objects up to ~10**5 pixels, and
+    never overflowing), so a one-level object's variance is exactly 0 as in mahotas; entropies
+    are -sum (c / T)(log2 c - log2 T) from a table of integer logs (a count equal to T adds
+    exactly 0). Levels below ``lo`` (the object's
+    lowest non-zero level) have no pairs, so the loops over levels skip them.
     """
     T = float(total)
+    invT = 1.0 / T
     log2T = np.log2(T)
     span = fm1 - lo
-    asm = s2 / (T * T)
-    ent = -s1 / T
-    ux = 0.0
-    ex2 = 0.0
+    e1 = 0  # sum k px_k, sum k^2 px_k; the entropy of px
+    e2 = 0
+    hx = 0.0
     for k in range(lo, fm1):
-        p = px[k] / T  # divide, as mahotas: a one-level object keeps an exactly zero variance
-        ux += p * k
-        ex2 += p * (k * k)
-    vx = ex2 - ux * ux
-    sx = np.sqrt(vx)
-    contrast = 0.0
-    mean_minus = 0.0
+        c = px[k]
+        e1 += c * k
+        e2 += c * (k * k)
+        hx -= (c * invT) * (log2c[c] - log2T)
+    contrast = 0
+    sq_minus = 0  # sum pminus_k^2
+    idm = 0.0
+    h_minus = 0.0
     for k in range(span):  # |i - j| < span
-        p = pminus[k] / T
-        contrast += (k * k) * p
-        mean_minus += p
-    mean_minus /= fm1  # mahotas: px_minus_y.var() over all fm1 entries
-    diff_var = (fm1 - span) * mean_minus * mean_minus
-    for k in range(span):
-        dv = pminus[k] / T - mean_minus
-        diff_var += dv * dv
-    diff_var /= fm1
-    sum_avg = 0.0
-    sum_sq = 0.0
+        c = pminus[k]
+        contrast += c * (k * k)
+        sq_minus += c * c
+        idm += c * inv_d2[k]
+        h_minus -= (c * invT) * (log2c[c] - log2T)
+    a1 = 0  # sum k pplus_k, sum k^2 pplus_k
+    a2 = 0
+    h_plus = 0.0
     for k in range(2 * lo, 2 * fm1):
-        p = pplus[k] / T
-        sum_avg += k * p
-        sum_sq += (k * k) * p
-    hx = _entropy(px[lo:], span, T, log2c, log2T)
+        c = pplus[k]
+        a1 += c * k
+        a2 += c * (k * k)
+        h_plus -= (c * invT) * (log2c[c] - log2T)
+    t2 = T * T
+    f1 = float(e1)
+    var_num = T * e2 - f1 * f1  # T^2 times px's variance
+    vx = var_num / t2
+    ent = -s1 * invT
     # HXY1 = -sum p_ij log2(px_i py_j) = HX + HY and HXY2 (the entropy of px py) = HX + HY for
     # any GLCM; here HY = HX (symmetric). See the module docstring for what that costs.
     hxy1 = 2.0 * hx
     hxy2 = 2.0 * hx
     base = d * 13
-    row[base + 0] = asm
-    row[base + 1] = contrast
-    row[base + 2] = 1.0 if sx == 0.0 else (1.0 / sx / sx) * (ij / T - ux * ux)
+    row[base + 0] = s2 / t2
+    row[base + 1] = contrast * invT
+    row[base + 2] = 1.0 if var_num == 0 else (T * ij - f1 * f1) / var_num
     row[base + 3] = vx
-    row[base + 4] = idm / T
-    row[base + 5] = sum_avg
-    row[base + 6] = sum_sq - sum_avg * sum_avg
-    row[base + 7] = _entropy(pplus[2 * lo :], 2 * span, T, log2c, log2T)
+    row[base + 4] = idm * invT
+    row[base + 5] = a1 * invT
+    row[base + 6] = (T * a2 - float(a1) * a1) / t2
+    row[base + 7] = h_plus
     row[base + 8] = ent
-    row[base + 9] = diff_var
-    row[base + 10] = _entropy(pminus, span, T, log2c, log2T)
+    # mahotas: pminus.var() over all fm1 entries (those from span on are 0), mean 1 / fm1
+    row[base + 9] = (float(fm1) * sq_minus - t2) / (t2 * fm1 * fm1)
+    row[base + 10] = h_minus
     row[base + 11] = (ent - hxy1) if hx == 0.0 else (ent - hxy1) / hx
     row[base + 12] = np.sqrt(max(0.0, 1.0 - np.exp(-2.0 * (hxy2 - ent))))
 
