@@ -248,3 +248,34 @@ def test_correlation_shares_geometry_and_grey_levels(monkeypatch):
         C.correlation(labels, pixels[:2], geometry=real_geometry(labels[:, :15]))
     with pytest.raises(ValueError, match="other planes"):
         C.correlation(labels, pixels[:2], levels=(real_levels(pixels[0, :20]), real_levels(pixels[1])))
+
+
+@pytest.mark.parametrize("grey", ["8-bit", "continuous"])
+def test_intensity_shares_geometry_and_grey_levels(monkeypatch, grey):
+    """measure_objects computes Intensity's labels part once a compartment and each channel's
+    levels once a site (both kernels: 8-bit levels and any values), and the columns equal each
+    channel measured alone."""
+    import cellfeat.features.intensity as I
+
+    rng = np.random.default_rng(6)
+    pixels = rng.integers(0, 256, (3, 40, 40)) / 255 if grey == "8-bit" else rng.random((3, 40, 40))
+    pixels = pixels.astype(np.float32)
+    labels = np.zeros((40, 40), np.int32)
+    labels[3:18, 3:20], labels[22:38, 10:36], labels[39, 0] = 1, 2, 4  # label 3 absent: NaN
+    calls = {"geometry": 0, "levels": 0}
+    real_geometry, real_levels = I.intensity_geometry, I.intensity_levels
+    monkeypatch.setattr(I, "intensity_geometry", lambda *a, **k: calls.__setitem__("geometry", calls["geometry"] + 1) or real_geometry(*a, **k))
+    monkeypatch.setattr(I, "intensity_levels", lambda *a, **k: calls.__setitem__("levels", calls["levels"] + 1) or real_levels(*a, **k))
+    table = measure_objects({"Cells": labels, "Nuclei": labels}, pixels, ["a", "b", "c"], families=["Intensity"])
+    assert calls == {"geometry": 2, "levels": 3}  # one a compartment, one a channel
+    assert real_levels(pixels[0])[2] == (grey == "8-bit")
+    for c, channel in enumerate("abc"):
+        alone = I._reference_intensity(labels, pixels[c])
+        for key, values in I.intensity(labels, pixels[c]).items():
+            np.testing.assert_array_equal(table[f"Cells_{key.format(image=channel)}"].to_numpy(), values.astype(np.float32))
+            np.testing.assert_allclose(values, alone[key], rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=key)
+    assert np.isnan(table["Cells_Intensity_MeanIntensity_a"].to_numpy()[2])
+    with pytest.raises(ValueError, match="other labels"):
+        I.intensity(labels, pixels[0], geometry=real_geometry(labels[:, :15]))
+    with pytest.raises(ValueError, match="another image"):
+        I.intensity(labels, pixels[0], levels=real_levels(pixels[0, :20]))

@@ -6,10 +6,15 @@ quartiles (``legacy=True`` for CellProfiler's original ``n * q`` positions and M
 ``1/2``-quantile at that convention), edge = inner boundary (4-connected, image edge ignored),
 max location = first maximum in raster order. Non-finite pixels are skipped, as cp_measure does.
 
-Speed: one pass over each object's pixels. When the channel holds only the 256 grey levels of
-an 8-bit image rescaled to [0, 1] (checked exactly, see :func:`_grey_levels`), quartiles, MAD
-and the standard deviations come from per-object 256-bin histograms instead of sorting; other
-images take the sorting path. Both give cp_measure's numbers.
+Speed: the labels' part (pixels grouped by object, rows, columns, which pixels are on the
+edge; :func:`intensity_geometry`) is computed once a compartment and each channel's grey levels
+(:func:`intensity_levels`) once a site, both shared by the orchestrator. When a channel holds
+only the 256 grey levels of an 8-bit image rescaled to [0, 1] (checked exactly), one pass over
+each object's level codes fills a 256-bin histogram (and one of its edge pixels), and every
+statistic but the intensity-weighted centre comes from one walk over its levels: sums, the
+variance (shifted by the lowest level, so a constant object's is exactly 0), quartiles and MAD
+without sorting. Other images (more levels, non-finite pixels) take a sorting path. Both give
+cp_measure's numbers.
 
 Where we differ: a label with no pixels gets NaN (cp_measure relabels it away); an object with
 no finite pixel gets NaN (cp_measure: 0); the Z location features of 2-D images (always 0)
@@ -21,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from cellfeat.features.primitives import ArrayCache, layout, n_objects, sorted_quantile
+from cellfeat.features.primitives import Layout, layout, n_objects, sorted_quantile
 
 KEYS = (
     "Intensity_IntegratedIntensity_{image}",
@@ -50,23 +55,41 @@ LEVELS = 255  # 8-bit images (RxRx1, most Cell Painting sets) take the histogram
 
 
 @njit(cache=True)
-def _grey_levels(pixels, levels):
-    """``(lut, ok)``: whether every finite pixel is one of ``levels + 1`` distinct values
-    ``k / levels`` up to float rounding (an 8-bit image rescaled to [0, 1]), and the exact value
-    of each level as stored. Per-object quantiles then come from 256-bin histograms, exactly."""
+def _level_codes(pixels, levels):
+    """``(codes, lut, ok)``: whether every pixel is one of ``levels + 1`` distinct values
+    ``k / levels`` up to float rounding (an 8-bit image rescaled to [0, 1]; no NaN or inf), each
+    pixel's level ``k`` (uint8, flat) and the exact value of each level as stored (0 for a level
+    the image lacks), so per-object statistics come from 256-bin histograms, exactly."""
+    flat = pixels.ravel()
+    codes = np.empty(flat.size, np.uint8)
     lut = np.full(levels + 1, np.nan)
-    for v in pixels.ravel():
+    for i in range(flat.size):
+        v = flat[i]
         if not np.isfinite(v):
-            continue
+            return codes, lut, False
         x = v * levels
         b = int(x + 0.5)
         if b < 0 or b > levels or abs(x - b) > 1e-3:
-            return lut, False
+            return codes, lut, False
         if np.isnan(lut[b]):
             lut[b] = v
         elif lut[b] != v:
-            return lut, False
-    return lut, True
+            return codes, lut, False
+        codes[i] = b
+    for b in range(levels + 1):
+        if np.isnan(lut[b]):
+            lut[b] = 0.0  # a level absent from the image: histogram walks add 0 times 0
+    return codes, lut, True
+
+
+@njit(cache=True)
+def _edge_in_order(edge, order):
+    """Whether each labelled pixel (in segment order) is on its object's edge, as 0/1."""
+    flat = edge.ravel()
+    out = np.empty(order.size, np.int64)
+    for i in range(order.size):
+        out[i] = flat[order[i]] != 0
+    return out
 
 
 @njit(cache=True)
@@ -136,21 +159,117 @@ def _hist_mad(hist, lut, n, med, legacy, b0):
 
 
 @njit(cache=True)
-def _intensity_kernel(pixels, edge, order, offsets, rows, cols, legacy, lut, quantized):
-    """All intensity features, one label slice at a time. Returns an ``(n, len(KEYS))`` array."""
+def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
+    """All intensity features of an image of grey levels (see :func:`_level_codes`), one label
+    slice at a time: one pass over the pixels (histograms, centres), one walk over the levels."""
+    n = offsets.size - 1
+    out = np.full((n, 19), np.nan)
+    hist = np.zeros(lut.size, np.int64)
+    ehist = np.zeros(lut.size, np.int64)
+    for k in range(n):
+        s, e = offsets[k], offsets[k + 1]
+        if s == e:
+            continue
+        cnt = e - s
+        cmin = lut.size
+        cmax = -1
+        sy = 0
+        sx = 0
+        syi = 0.0
+        sxi = 0.0
+        for i in range(s, e):
+            c = np.int64(codes[order[i]])
+            hist[c] += 1
+            ehist[c] += edge_seg[i]
+            cmin = min(cmin, c)
+            cmax = max(cmax, c)
+            y = rows[i]
+            x = cols[i]
+            v = lut[c]
+            sy += y
+            sx += x
+            syi += y * v
+            sxi += x * v
+        base = lut[cmin]  # sums of v - base: a constant object's variance is exactly 0
+        total = 0.0
+        sd = 0.0
+        sd2 = 0.0
+        ecnt = 0
+        esum = 0.0
+        esd = 0.0
+        esd2 = 0.0
+        emin = cmax
+        emax = cmin
+        for b in range(cmin, cmax + 1):  # branch-free: an absent level adds 0 (its lut entry is 0)
+            hb = hist[b]
+            eb = ehist[b]
+            v = lut[b]
+            d = v - base
+            total += hb * v
+            sd += hb * d
+            sd2 += hb * (d * d)
+            ecnt += eb
+            esum += eb * v
+            esd += eb * d
+            esd2 += eb * (d * d)
+            emin = min(emin, b if eb else cmax)
+            emax = max(emax, b if eb else cmin)
+        lq, med, uq = _hist_quartiles(hist, lut, cnt, legacy, cmin)
+        mad = _hist_mad(hist, lut, cnt, med, legacy, cmin)
+        hist[cmin : cmax + 1] = 0
+        ehist[cmin : cmax + 1] = 0
+        i = s
+        while codes[order[i]] != cmax:  # the first maximum in raster order, as numpy.argmax
+            i += 1
+        mean = total / cnt
+        dm = sd / cnt
+        cmy = sy / cnt
+        cmx = sx / cnt
+        if total != 0:
+            cmiy = syi / total
+            cmix = sxi / total
+        else:
+            cmiy = np.nan
+            cmix = np.nan
+        out[k, 0] = total
+        out[k, 1] = mean
+        out[k, 2] = np.sqrt(max(0.0, sd2 / cnt - dm * dm))
+        out[k, 3] = lut[cmin]
+        out[k, 4] = lut[cmax]
+        out[k, 5] = np.sqrt((cmiy - cmy) ** 2 + (cmix - cmx) ** 2)
+        out[k, 6] = lq
+        out[k, 7] = med
+        out[k, 8] = mad
+        out[k, 9] = uq
+        out[k, 10] = cmix
+        out[k, 11] = cmiy
+        out[k, 12] = cols[i]
+        out[k, 13] = rows[i]
+        if ecnt > 0:
+            edm = esd / ecnt
+            out[k, 14] = esum
+            out[k, 15] = esum / ecnt
+            out[k, 16] = np.sqrt(max(0.0, esd2 / ecnt - edm * edm))
+            out[k, 17] = lut[emin]
+            out[k, 18] = lut[emax]
+        else:  # cp_measure leaves zeros for an object without edge pixels
+            out[k, 14:19] = 0.0
+    return out
+
+
+@njit(cache=True)
+def _values_kernel(pixels, edge, order, offsets, rows, cols, legacy):
+    """All intensity features of any image (non-finite pixels skipped), one label slice at a
+    time, quantiles by sorting. Returns an ``(n, len(KEYS))`` array."""
     n = offsets.size - 1
     flat = pixels.ravel()
     eflat = edge.ravel()
     out = np.full((n, 19), np.nan)
     maxlen = 0
     for k in range(n):
-        if offsets[k + 1] - offsets[k] > maxlen:
-            maxlen = offsets[k + 1] - offsets[k]
+        maxlen = max(maxlen, offsets[k + 1] - offsets[k])
     buf = np.empty(maxlen, np.float64)
     dev = np.empty(maxlen, np.float64)
-    hist = np.zeros(lut.size, np.int64)
-    ehist = np.zeros(lut.size, np.int64)
-    levels = lut.size - 1
     for k in range(n):
         s, e = offsets[k], offsets[k + 1]
         cnt = 0
@@ -174,17 +293,10 @@ def _intensity_kernel(pixels, edge, order, offsets, rows, cols, legacy, lut, qua
                 continue
             y = rows[i]
             x = cols[i]
-            if quantized:
-                b = int(v * levels + 0.5)
-                hist[b] += 1
-                if eflat[p] != 0:
-                    ehist[b] += 1
-            else:
-                buf[cnt] = v
+            buf[cnt] = v
             cnt += 1
             total += v
-            if v < vmin:
-                vmin = v
+            vmin = min(vmin, v)
             if v > vmax:  # strict: first maximum in raster order, as numpy.argmax
                 vmax = v
                 amax_y = y
@@ -196,52 +308,32 @@ def _intensity_kernel(pixels, edge, order, offsets, rows, cols, legacy, lut, qua
             if eflat[p] != 0:
                 ecnt += 1
                 esum += v
-                if v < emin:
-                    emin = v
-                if v > emax:
-                    emax = v
+                emin = min(emin, v)
+                emax = max(emax, v)
         if cnt == 0:
             continue
         mean = total / cnt
         ss = 0.0
         ess = 0.0
         emean = esum / ecnt if ecnt > 0 else 0.0
-        if quantized:  # second moments from the histograms: no second pass over the pixels
-            b0 = int(vmin * levels + 0.5)
-            b1 = int(vmax * levels + 0.5)
-            for b in range(b0, b1 + 1):
-                if hist[b]:
-                    d = lut[b] - mean
-                    ss += hist[b] * (d * d)
-                if ehist[b]:
-                    d = lut[b] - emean
-                    ess += ehist[b] * (d * d)
-        else:
-            b0 = 0
-            for i in range(s, e):
-                p = order[i]
-                v = flat[p]
-                if not np.isfinite(v):
-                    continue
-                ss += (v - mean) * (v - mean)
-                if eflat[p] != 0:
-                    ess += (v - emean) * (v - emean)
-        if quantized:
-            lq, med, uq = _hist_quartiles(hist, lut, cnt, legacy, b0)
-            mad = _hist_mad(hist, lut, cnt, med, legacy, b0)
-            hist[b0 : b1 + 1] = 0
-            ehist[b0 : b1 + 1] = 0
-        else:
-            seg = buf[:cnt]
-            seg.sort()
-            lq = sorted_quantile(seg, cnt, 0.25, legacy)
-            med = sorted_quantile(seg, cnt, 0.5, legacy)
-            uq = sorted_quantile(seg, cnt, 0.75, legacy)
-            for i in range(cnt):
-                dev[i] = abs(seg[i] - med)
-            d = dev[:cnt]
-            d.sort()
-            mad = sorted_quantile(d, cnt, 0.5, legacy)
+        for i in range(s, e):
+            p = order[i]
+            v = flat[p]
+            if not np.isfinite(v):
+                continue
+            ss += (v - mean) * (v - mean)
+            if eflat[p] != 0:
+                ess += (v - emean) * (v - emean)
+        seg = buf[:cnt]
+        seg.sort()
+        lq = sorted_quantile(seg, cnt, 0.25, legacy)
+        med = sorted_quantile(seg, cnt, 0.5, legacy)
+        uq = sorted_quantile(seg, cnt, 0.75, legacy)
+        for i in range(cnt):
+            dev[i] = abs(seg[i] - med)
+        d = dev[:cnt]
+        d.sort()
+        mad = sorted_quantile(d, cnt, 0.5, legacy)
         cmy = sy / cnt
         cmx = sx / cnt
         if total != 0:
@@ -275,36 +367,55 @@ def _intensity_kernel(pixels, edge, order, offsets, rows, cols, legacy, lut, qua
     return out
 
 
-_LEVELS_CACHE = ArrayCache(8)  # the channels of a site
+def intensity_geometry(labels: np.ndarray, **_ignored) -> tuple[Layout, np.ndarray]:
+    """The labels' part of :func:`intensity`: the segment layout and, in its order, which pixels
+    lie on their object's edge. The orchestrator computes it once a compartment."""
+    lay = layout(labels)
+    return lay, _edge_in_order(lay.edge, lay.order)
 
 
-def _levels_of(pixels: np.ndarray) -> tuple[np.ndarray, bool]:
-    """:func:`_grey_levels` of a channel, reused while an equal channel comes back (one
-    compartment after another); see :class:`cellfeat.features.primitives.ArrayCache`."""
-    cached = _LEVELS_CACHE.get(pixels)
-    if cached is None:
-        cached = _grey_levels(pixels, LEVELS)
-        _LEVELS_CACHE.put(pixels, cached)
-    return cached
+def intensity_levels(plane: np.ndarray, **_ignored) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A channel's grey levels for :func:`intensity`: ``(codes, lut, ok)``, see
+    :func:`_level_codes`. The orchestrator computes it once a channel for every compartment."""
+    plane = np.asarray(plane)
+    if not np.issubdtype(plane.dtype, np.floating):
+        plane = plane.astype(np.float64)
+    return _level_codes(np.ascontiguousarray(plane), LEVELS)
 
 
-def intensity(labels: np.ndarray, pixels: np.ndarray, *, legacy: bool = False) -> dict[str, np.ndarray]:
+def intensity(
+    labels: np.ndarray,
+    pixels: np.ndarray,
+    *,
+    legacy: bool = False,
+    geometry: tuple | None = None,
+    levels: tuple | None = None,
+) -> dict[str, np.ndarray]:
     """Intensity features of one ``(H, W)`` channel for the objects of ``labels``.
 
     ``legacy=True`` uses CellProfiler's original quantile positions (``n * q``) instead of
-    cp_measure's default ``numpy.percentile`` convention.
+    cp_measure's default ``numpy.percentile`` convention. ``geometry``
+    (:func:`intensity_geometry` of these labels) and ``levels`` (:func:`intensity_levels` of
+    these pixels) where the caller already has them.
     """
-    lay = layout(labels)
+    lay, edge_seg = intensity_geometry(labels) if geometry is None else geometry
+    if geometry is not None and (np.shape(labels) != lay.labels.shape or lay.n != n_objects(np.asarray(labels))):
+        raise ValueError("geometry was computed for other labels; compute it with intensity_geometry(labels)")
     pixels = np.asarray(pixels)
     if pixels.shape != lay.labels.shape:
         raise ValueError(f"pixels have shape {pixels.shape} but labels {lay.labels.shape}; they must match")
-    if not np.issubdtype(pixels.dtype, np.floating):
-        pixels = pixels.astype(np.float64)
-    pixels = np.ascontiguousarray(pixels)
     if lay.n == 0:
         return {key: np.zeros(0, np.float64) for key in KEYS}
-    lut, quantized = _levels_of(pixels)
-    table = _intensity_kernel(pixels, lay.edge, lay.order, lay.offsets, lay.rows, lay.cols, legacy, lut, quantized)
+    codes, lut, ok = intensity_levels(pixels) if levels is None else levels
+    if codes.size != pixels.size:
+        raise ValueError(f"levels were computed for another image ({codes.size} pixels, not {pixels.size}); use intensity_levels(pixels)")
+    if ok:
+        table = _levels_kernel(codes, lut, edge_seg, lay.order, lay.offsets, lay.rows, lay.cols, legacy)
+    else:
+        if not np.issubdtype(pixels.dtype, np.floating):
+            pixels = pixels.astype(np.float64)
+        pixels = np.ascontiguousarray(pixels)
+        table = _values_kernel(pixels, lay.edge, lay.order, lay.offsets, lay.rows, lay.cols, legacy)
     return {key: table[:, i] for i, key in enumerate(KEYS)}
 
 

@@ -63,7 +63,8 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("AreaShape", "cellfeat.features.areashape", "areashape", Inputs.OBJECTS),
         Family("Neighbors", "cellfeat.features.neighbors", "neighbors", Inputs.OBJECTS),
-        Family("Intensity", "cellfeat.features.intensity", "intensity", Inputs.CHANNEL),
+        Family("Intensity", "cellfeat.features.intensity", "intensity", Inputs.CHANNEL,
+               per_labels=("intensity_geometry", "geometry"), per_plane=("intensity_levels", "levels")),
         Family("Texture", "cellfeat.features.texture", "texture", Inputs.CHANNEL,
                per_labels=("texture_geometry", "geometry"), per_plane=("quantize", "levels")),
         Family("Granularity", "cellfeat.features.granularity", "granularity", Inputs.CHANNEL,
