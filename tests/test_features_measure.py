@@ -156,16 +156,23 @@ def test_granularity_shares_its_image_work_between_compartments(monkeypatch):
     cells[5:25, 5:25], cells[35:55, 25:50] = 1, 2
     cells[nuclei > 0] = nuclei[nuclei > 0]
     masks = {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": np.where(nuclei > 0, 0, cells)}
-    calls = []
-    real = G.granular_reconstructions
+    calls, geometries = [], []
+    real, real_geometry = G.granular_reconstructions, G.granularity_geometry
     monkeypatch.setattr(G, "granular_reconstructions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(G, "granularity_geometry", lambda *a, **k: geometries.append(1) or real_geometry(*a, **k))
     table = measure_objects(masks, pixels, ["a", "b"], families=["Granularity"], options={"Granularity": {"granular_spectrum_length": 4}})
     assert len(calls) == 2  # one a channel
+    assert len(geometries) == 3  # one a compartment
     for compartment, labels in masks.items():
         for c, channel in enumerate(["a", "b"]):
             alone = G.granularity(labels, pixels[c], granular_spectrum_length=4)
             for key, values in alone.items():
                 np.testing.assert_array_equal(table[f"{compartment}_{key.format(image=channel)}"].to_numpy(), values.astype(np.float32))
+    with pytest.raises(ValueError, match="other labels"):
+        G.granularity(nuclei, pixels[0], geometry=real_geometry(nuclei, subsample_size=0.5))
+    with pytest.raises(ValueError, match="other labels"):
+        G.granularity(nuclei, pixels[0], geometry=real_geometry(cells[:, :40]))
+    assert real_geometry(nuclei[:6, :6]) is None  # too small to subsample: granularity gives NaN
 
 
 def test_radial_distribution_shares_its_geometry_between_channels(monkeypatch):

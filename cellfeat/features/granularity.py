@@ -14,14 +14,15 @@ The algorithm is cp_measure's ``get_granularity`` (CellProfiler's MeasureGranula
 
 Only step 3's object means depend on the labels: :func:`granular_reconstructions` does the
 rest once per image, and ``granularity(..., reconstructions=...)`` reuses it (the orchestrator
-can share it between compartments). Everything runs in float64 (CellProfiler's images are
-float64). The kernels: a bilinear resampler with ``map_coordinates``' ``constant`` mode rule
-(a sample whose coordinate falls outside ``[0, n - 1]`` is 0); a reflect-mode grey
-erosion/dilation; greyscale reconstruction on a max-tree of the background-free image, built
-once by union-find, then two linear passes per step (reconstruction only takes minima and
-maxima of existing values and its result is unique, so it equals scikit-image's exactly); and
-the "upsample then average per object" step as a per-object sparse operator on the subsampled
-grid, built once per call. Values agree with cp_measure to round-off (summation order):
+shares it between compartments); the labels' part, :func:`granularity_geometry`, is likewise
+computed once a compartment and shared between channels. Everything runs in float64
+(CellProfiler's images are float64). The kernels: a bilinear resampler with
+``map_coordinates``' ``constant`` mode rule (a sample whose coordinate falls outside
+``[0, n - 1]`` is 0); the greyscale morphology of :mod:`cellfeat.features.greymorph` (a
+reflect-mode grey erosion/dilation; reconstruction on a max-tree of the background-free image,
+built once by union-find, then two linear passes per step, equal to scikit-image's exactly);
+and the "upsample then average per object" step as a per-object sparse operator on the
+subsampled grid (its non-zero weights only). Values agree with cp_measure to round-off (summation order):
 ~1e-8 relative at worst, on spectrum steps that are themselves tiny differences of means, and
 a step that is 0 in one can be ~1e-14 in the other, so tests add an absolute tolerance.
 """
@@ -33,6 +34,7 @@ import scipy.ndimage
 import skimage.morphology
 from numba import njit
 
+from cellfeat.features.greymorph import grey_filter, reconstructions_by_steps
 from cellfeat.features.primitives import as_labels, flatten_labels
 
 EPS = np.finfo(float).eps
@@ -47,12 +49,15 @@ def granularity(
     element_size: int = 10,
     granular_spectrum_length: int = 16,
     reconstructions: np.ndarray | None = None,
+    geometry: tuple | None = None,
 ) -> dict[str, np.ndarray]:
     """Granular spectrum per object: ``Granularity_{k}_{image}`` for k = 1..granular_spectrum_length.
 
     Steps 1-3's image work does not depend on the labels. A caller measuring several label
     images (nuclei, cells, cytoplasm) on one channel can compute it once with
-    :func:`granular_reconstructions` and pass it as ``reconstructions``; the result is the same.
+    :func:`granular_reconstructions` and pass it as ``reconstructions``, and one measuring
+    several channels on one label image its labels' part once with :func:`granularity_geometry`
+    (``geometry``); the result is the same.
     """
     labels, pixels = _check(labels, pixels)
     n = int(labels.max(initial=0))
@@ -63,6 +68,13 @@ def granularity(
         return {k: np.full(n, np.nan) for k in keys}
     if n == 0:
         return {k: np.empty(0) for k in keys}
+    if geometry is None:
+        geometry = granularity_geometry(labels, subsample_size=subsample_size)
+    elif geometry[0] != labels.shape or geometry[1] != subsample_size or geometry[3].size != n + 1:
+        raise ValueError(
+            "geometry was computed for other labels or another subsample_size; "
+            "compute it with granularity_geometry(labels, subsample_size=...)"
+        )
     if reconstructions is None:
         reconstructions = granular_reconstructions(
             pixels,
@@ -77,17 +89,35 @@ def granularity(
             f"reconstructions has shape {reconstructions.shape}, expected {expected} for this image "
             f"and these settings; compute it with granular_reconstructions(pixels, ...) using the same settings"
         )
+    _, _, order, offsets, indptr, indices, weights = geometry
+    recs = np.ascontiguousarray(reconstructions, np.float64)
+    spectrum = _object_spectrum(pixels, recs, order, offsets, indptr, indices, weights)
+    return {k: np.ascontiguousarray(spectrum[:, i]) for i, k in enumerate(keys)}
+
+
+def granularity_geometry(labels: np.ndarray, *, subsample_size: float = 0.25, **_ignored) -> tuple | None:
+    """The labels' part of :func:`granularity`, the same for every channel (the orchestrator
+    computes it once a compartment): ``(shape, subsample_size, order, offsets, indptr, indices,
+    weights)``, the pixels grouped by object and each object's "restore to the original grid,
+    then average" operator on the subsampled grid (its non-zero weights, CSR). None where the
+    image is too small to subsample (granularity gives NaN there)."""
+    labels = as_labels(labels)
+    n = int(labels.max(initial=0))
+    shape = np.array(labels.shape)
+    new_shape = (shape * subsample_size).astype(int) if subsample_size < 1 else shape
+    if (new_shape < 2).any():
+        return None
     order, offsets = flatten_labels(labels, n)
     ri, ci = _upsample_axes(shape, new_shape)
-    spectrum = _object_spectrum(pixels, np.ascontiguousarray(reconstructions, np.float64), order, offsets, ri, ci)
-    return {k: np.ascontiguousarray(spectrum[:, i]) for i, k in enumerate(keys)}
+    operator = _nonzero(*_object_operator(order, offsets, labels.shape[1], ri, ci, int(new_shape[0]), int(new_shape[1])))
+    return (labels.shape, subsample_size, order, offsets, *operator)
 
 
 def reconstructions_for(pixels: np.ndarray, **settings) -> np.ndarray | None:
     """:func:`granular_reconstructions` of one plane as :func:`granularity` computes it (the same
     dtype rule), or None where the image is too small to subsample (granularity gives NaN there).
     ``settings``: granularity's keywords. The orchestrator shares it between compartments."""
-    settings = {k: v for k, v in settings.items() if k != "reconstructions"}
+    settings = {k: v for k, v in settings.items() if k not in ("reconstructions", "geometry")}
     pixels = np.asarray(pixels)
     if not np.issubdtype(pixels.dtype, np.floating):
         pixels = pixels.astype(np.float64)
@@ -110,7 +140,7 @@ def granular_reconstructions(
     """Steps 1-3 without the labels: the ``(granular_spectrum_length, h, w)`` reconstructions."""
     small = background_free(pixels, subsample_size, image_sample_size, element_size)
     order = np.argsort(small, axis=None)  # numpy's sort is several times faster than numba's
-    return _reconstructions(small, order, granular_spectrum_length)
+    return reconstructions_by_steps(small, order, granular_spectrum_length)
 
 
 def background_free(
@@ -136,7 +166,7 @@ def background_free(
         back_shape = new_shape
         back = small.copy()
     offsets = np.argwhere(skimage.morphology.disk(element_size, dtype=bool)) - element_size
-    back = _grey_filter(_grey_filter(back, offsets, True), offsets, False)
+    back = grey_filter(grey_filter(back, offsets, True), offsets, False)
     if image_sample_size < 1:
         rows = np.arange(new_shape[0], dtype=float) * ((back_shape[0] - 1) / (new_shape[0] - 1))
         cols = np.arange(new_shape[1], dtype=float) * ((back_shape[1] - 1) / (new_shape[1] - 1))
@@ -187,98 +217,6 @@ def _bilinear(img, rows, cols):
                 + fr * ((1 - fc) * img[r1, c0] + fc * img[r1, c1])
             )
     return out
-
-
-@njit(cache=True, error_model="numpy")
-def _reflect(i, n):
-    """scipy.ndimage's ``reflect`` (half-sample symmetric) index extension."""
-    p = 2 * n
-    i = i % p
-    if i < 0:
-        i += p
-    return i if i < n else p - i - 1
-
-
-@njit(cache=True, error_model="numpy")
-def _grey_filter(img, offsets, minimum):
-    """Grey erosion (``minimum``) or dilation with a symmetric footprint, ``mode="reflect"``."""
-    H, W = img.shape
-    r = 0
-    for k in range(offsets.shape[0]):
-        r = max(r, abs(offsets[k, 0]), abs(offsets[k, 1]))
-    padded = np.empty((H + 2 * r, W + 2 * r))
-    for y in range(H + 2 * r):
-        yy = _reflect(y - r, H)
-        for x in range(W + 2 * r):
-            padded[y, x] = img[yy, _reflect(x - r, W)]
-    # the footprint as one run [x0, x1] of columns per row offset
-    lo = np.full(2 * r + 1, r + 1, np.int64)
-    hi = np.full(2 * r + 1, -r - 1, np.int64)
-    for k in range(offsets.shape[0]):
-        dy = offsets[k, 0] + r
-        lo[dy] = min(lo[dy], offsets[k, 1])
-        hi[dy] = max(hi[dy], offsets[k, 1])
-    symmetric = True  # every footprint row a centred run [-k, k] (a disk's rows are)
-    for dy in range(2 * r + 1):
-        if hi[dy] >= 0 and lo[dy] != -hi[dy]:
-            symmetric = False
-    out = np.empty_like(img)
-    if not symmetric:
-        for y in range(H):
-            for x in range(W):
-                best = np.inf if minimum else -np.inf
-                for dy in range(2 * r + 1):
-                    for xx in range(x + r + lo[dy], x + r + hi[dy] + 1):
-                        v = padded[y + dy, xx]
-                        if minimum:
-                            best = min(best, v)
-                        else:
-                            best = max(best, v)
-                out[y, x] = best
-        return out
-    # runs[k, y, x]: min (max) of padded[y, x - k : x + k + 1], from runs[k - 1] in O(1) each
-    R, Wp = H + 2 * r, W + 2 * r
-    runs = np.empty((r + 1, R, Wp))
-    runs[0] = padded
-    for k in range(1, r + 1):
-        for y in range(R):
-            for x in range(k, Wp - k):
-                a = runs[k - 1, y, x - 1]
-                b = runs[k - 1, y, x + 1]
-                if k == 1:  # [x-1, x+1] needs the centre too; later the two halves overlap
-                    a = min(a, padded[y, x]) if minimum else max(a, padded[y, x])
-                runs[k, y, x] = min(a, b) if minimum else max(a, b)
-    for y in range(H):
-        for x in range(W):
-            best = np.inf if minimum else -np.inf
-            for dy in range(2 * r + 1):
-                if hi[dy] >= 0:
-                    v = runs[hi[dy], y + dy, x + r]
-                    best = min(best, v) if minimum else max(best, v)
-            out[y, x] = best
-    return out
-
-
-@njit(cache=True, error_model="numpy")
-def _erode_cross(src, dst, h, w):
-    """Grey erosion by ``disk(1)`` of a flat ``h x w`` image, ``mode="reflect"``.
-
-    At the border the missing neighbour reflects onto the pixel itself, which is already in
-    the minimum, so it simply drops out.
-    """
-    for y in range(h):
-        for x in range(w):
-            p = y * w + x
-            v = src[p]
-            if y > 0:
-                v = min(v, src[p - w])
-            if y < h - 1:
-                v = min(v, src[p + w])
-            if x > 0:
-                v = min(v, src[p - 1])
-            if x < w - 1:
-                v = min(v, src[p + 1])
-            dst[p] = v
 
 
 @njit(cache=True, error_model="numpy")
@@ -361,109 +299,28 @@ def _object_operator(order, offsets, W, ri, ci, h, w):
     return indptr, indices, weights
 
 
-@njit(cache=True, error_model="numpy")
-def _find_root(zpar, p):
-    while zpar[p] != p:  # path halving
-        zpar[p] = zpar[zpar[p]]
-        p = zpar[p]
-    return p
+@njit(cache=True)
+def _nonzero(indptr, indices, weights):
+    """The CSR operator without its zero weights (box cells no pixel of the object reaches)."""
+    n = indptr.size - 1
+    keep = np.zeros(n + 1, np.int64)
+    out_i = np.empty(indices.size, np.int64)
+    out_w = np.empty(weights.size)
+    pos = 0
+    for obj in range(n):
+        for t in range(indptr[obj], indptr[obj + 1]):
+            if weights[t] != 0:
+                out_i[pos] = indices[t]
+                out_w[pos] = weights[t]
+                pos += 1
+        keep[obj + 1] = pos
+    return keep, out_i[:pos].copy(), out_w[:pos].copy()
 
 
 @njit(cache=True, error_model="numpy")
-def _max_tree(order, h, w):
-    """Max-tree of a ``h x w`` image, 4-connected (Berger et al. 2007, union-find).
-
-    ``order`` lists the pixels by increasing value (``order[0]`` becomes the root); returns each
-    pixel's parent, which always comes earlier in ``order``. The subtree of a pixel whose parent
-    is lower is one connected component of an upper level set ``{f >= t}``.
-    """
-    n = h * w
-    parent = np.empty(n, np.int64)
-    zpar = np.full(n, -1, np.int64)
-    for i in range(n - 1, -1, -1):
-        p = order[i]
-        parent[p] = p
-        zpar[p] = p
-        y = p // w
-        x = p - y * w
-        for k in range(4):
-            if k == 0:
-                if y == 0:
-                    continue
-                q = p - w
-            elif k == 1:
-                if y == h - 1:
-                    continue
-                q = p + w
-            elif k == 2:
-                if x == 0:
-                    continue
-                q = p - 1
-            else:
-                if x == w - 1:
-                    continue
-                q = p + 1
-            if zpar[q] >= 0:
-                r = _find_root(zpar, q)
-                if r != p:
-                    parent[r] = p
-                    zpar[r] = p
-    return parent
-
-
-@njit(cache=True, error_model="numpy")
-def _reconstruct_max_tree(order, parent, mask, seed, submax, out):
-    """Greyscale reconstruction by dilation of ``seed <= mask`` on ``mask``'s max-tree.
-
-    ``rec(p)`` is the highest ``t <= mask(p)`` whose level component around ``p`` holds a seed
-    value ``>= t``: with ``submax`` the seed maximum over each subtree, the maximum of
-    ``min(level, submax)`` over ``p``'s ancestors. Only max/min of existing values, so it equals
-    scikit-image's ``reconstruction`` exactly.
-    """
-    n = order.size
-    for i in range(n):
-        submax[i] = seed[i]
-    for i in range(n - 1, 0, -1):  # children before parents
-        p = order[i]
-        q = parent[p]
-        if submax[p] > submax[q]:
-            submax[q] = submax[p]
-    root = order[0]
-    out[root] = min(mask[root], submax[root])
-    for i in range(1, n):  # parents before children
-        p = order[i]
-        v = min(mask[p], submax[p])
-        q = out[parent[p]]
-        out[p] = v if v > q else q
-
-
-@njit(cache=True, error_model="numpy")
-def _reconstructions(small, order, ng):
-    """``ng`` times: erode by the cross, reconstruct under ``small``; returns ``(ng, h, w)``.
-
-    The max-tree of ``small`` (``order``: its pixels sorted by value) is built once; each step
-    is then two linear passes over it.
-    """
-    h, w = small.shape
-    out = np.empty((ng, h, w))
-    flat = small.ravel().copy()
-    parent = _max_tree(order, h, w)
-    ero = flat.copy()
-    nxt = np.empty(h * w)
-    submax = np.empty(h * w)
-    for step in range(ng):
-        _erode_cross(ero, nxt, h, w)
-        ero, nxt = nxt, ero
-        # the seed is ero itself: erosion never exceeds the image it erodes, so ero <= small
-        _reconstruct_max_tree(order, parent, flat, ero, submax, out[step].ravel())
-    return out
-
-
-@njit(cache=True, error_model="numpy")
-def _object_spectrum(pixels, recs, order, offsets, ri, ci):
+def _object_spectrum(pixels, recs, order, offsets, indptr, indices, weights):
     """Each object's mean of every reconstruction restored to the original grid, differenced."""
-    H, W = pixels.shape
-    ng, h, w = recs.shape
+    ng = recs.shape[0]
     n = offsets.size - 1
     out = np.empty((n, ng))
     if n == 0:
@@ -477,7 +334,6 @@ def _object_spectrum(pixels, recs, order, offsets, ri, ci):
             s += np.float64(flat[order[k]])
         current[obj] = s / (offsets[obj + 1] - offsets[obj])  # NaN for a label with no pixels
         start[obj] = max(current[obj], EPS)
-    indptr, indices, weights = _object_operator(order, offsets, W, ri, ci, h, w)
     for step in range(ng):
         rec = recs[step].ravel()
         for obj in range(n):

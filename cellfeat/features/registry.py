@@ -68,7 +68,7 @@ FAMILIES: dict[str, Family] = {
         Family("Texture", "cellfeat.features.texture", "texture", Inputs.CHANNEL,
                per_labels=("texture_geometry", "geometry"), per_plane=("quantize", "levels")),
         Family("Granularity", "cellfeat.features.granularity", "granularity", Inputs.CHANNEL,
-               per_plane=("reconstructions_for", "reconstructions")),
+               per_labels=("granularity_geometry", "geometry"), per_plane=("reconstructions_for", "reconstructions")),
         Family("RadialDistribution", "cellfeat.features.radial", "radial_distribution", Inputs.CHANNEL,
                per_labels=("radial_geometry", "geometry")),
         Family("Correlation", "cellfeat.features.correlation", "correlation", Inputs.PAIR,
