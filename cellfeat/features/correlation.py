@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from cellfeat.features.primitives import as_labels, flatten_labels
+from cellfeat.features.primitives import as_labels, layout
 
 FEATURES = (
     "Correlation",
@@ -96,9 +96,10 @@ def correlation(
 
 def correlation_geometry(labels: np.ndarray, **_ignored) -> tuple[np.ndarray, np.ndarray]:
     """The labelled pixels grouped by object, ``(order, offsets)`` (labels only: the
-    orchestrator computes it once a compartment for every channel pair)."""
-    labels = as_labels(labels)
-    return flatten_labels(labels, int(labels.max(initial=0)))
+    orchestrator computes it once a compartment for every channel pair), from the compartment's
+    shared :func:`~cellfeat.features.primitives.layout`."""
+    lay = layout(labels)
+    return lay.order, lay.offsets
 
 
 def grey_levels(plane: np.ndarray, *, scale_max: int = 255, **_ignored) -> tuple[np.ndarray, bool, bool]:

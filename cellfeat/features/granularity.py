@@ -35,7 +35,7 @@ import skimage.morphology
 from numba import njit
 
 from cellfeat.features.greymorph import grey_filter, reconstructions_by_steps
-from cellfeat.features.primitives import as_labels, flatten_labels
+from cellfeat.features.primitives import as_labels, layout
 
 EPS = np.finfo(float).eps
 
@@ -102,12 +102,12 @@ def granularity_geometry(labels: np.ndarray, *, subsample_size: float = 0.25, **
     then average" operator on the subsampled grid (its non-zero weights, CSR). None where the
     image is too small to subsample (granularity gives NaN there)."""
     labels = as_labels(labels)
-    n = int(labels.max(initial=0))
     shape = np.array(labels.shape)
     new_shape = (shape * subsample_size).astype(int) if subsample_size < 1 else shape
     if (new_shape < 2).any():
         return None
-    order, offsets = flatten_labels(labels, n)
+    lay = layout(labels)  # the compartment's, shared with the other families
+    order, offsets = lay.order, lay.offsets
     ri, ci = _upsample_axes(shape, new_shape)
     operator = _nonzero(*_object_operator(order, offsets, labels.shape[1], ri, ci, int(new_shape[0]), int(new_shape[1])))
     return (labels.shape, subsample_size, order, offsets, *operator)

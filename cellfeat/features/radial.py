@@ -36,7 +36,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 from numba import njit
 
-from cellfeat.features.primitives import as_labels, flatten_labels
+from cellfeat.features.primitives import as_labels, layout
 
 EPS = np.finfo(float).eps
 
@@ -75,9 +75,8 @@ def radial_geometry(labels: np.ndarray, *, scaled: bool = True, bin_count: int =
         raise ValueError(f"bin_count must be at least 1, got {bin_count}")
     if maximum_radius <= 0:
         raise ValueError(f"maximum_radius must be positive, got {maximum_radius}")
-    n = int(labels.max(initial=0))
-    order, offsets = flatten_labels(labels, n)
-    ys, xs = _rows_cols(order, labels.shape[1])
+    lay = layout(labels)  # the compartment's, shared with the other families
+    ys, xs, offsets = lay.rows, lay.cols, lay.offsets
     bins, wedges = _radial_bins(ys, xs, offsets, labels.shape[0], labels.shape[1], int(bin_count), bool(scaled),
                                 float(maximum_radius))  # fmt: skip
     return ys, xs, offsets, bins, wedges
@@ -107,17 +106,6 @@ def _check(labels, pixels, bin_count, maximum_radius):
     if not np.issubdtype(pixels.dtype, np.floating):
         pixels = pixels.astype(np.float64)
     return labels, np.ascontiguousarray(pixels)
-
-
-@njit(cache=True, error_model="numpy")
-def _rows_cols(order, width):
-    """Row and column of each flat index (one integer division per pixel, done once)."""
-    ys = np.empty(order.size, np.int64)
-    xs = np.empty(order.size, np.int64)
-    for i in range(order.size):
-        ys[i] = order[i] // width
-        xs[i] = order[i] - ys[i] * width
-    return ys, xs
 
 
 @njit(cache=True, error_model="numpy")

@@ -40,7 +40,7 @@ import skimage.exposure
 import skimage.util
 from numba import njit
 
-from cellfeat.features.primitives import as_labels, flatten_coords
+from cellfeat.features.primitives import as_labels, layout
 
 F_HARALICK = (
     "AngularSecondMoment",
@@ -103,9 +103,8 @@ def texture_geometry(labels: np.ndarray, *, scale: int = 3, **_ignored) -> tuple
     and, per direction ``d`` and pixel ``i``, ``neighbours[d, i]``: the position within its
     object of the pixel ``scale`` steps away in direction ``d`` when that pixel lies in the same
     object, else the object's size (a slot the kernel holds at level 0, which never counts)."""
-    labels = as_labels(labels)
-    order, offsets, rows, cols = flatten_coords(labels, int(labels.max(initial=0)))
-    return offsets, order, _neighbours(labels, offsets, rows, cols, DIRECTIONS * int(scale)), int(scale)
+    lay = layout(labels)  # the compartment's, shared with the other families
+    return lay.offsets, lay.order, _neighbours(lay.labels, lay.offsets, lay.rows, lay.cols, DIRECTIONS * int(scale)), int(scale)
 
 
 @njit(cache=True)
