@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from cellfeat.features.primitives import as_labels, layout
+from cellfeat.features.primitives import argsort, as_labels, layout
 
 FEATURES = (
     "Correlation",
@@ -249,7 +249,7 @@ def _dense_ranks(v, codes, present, ranks):
             for c in range(lo, hi + 1):
                 present[c] = 0
             return r
-    idx = np.argsort(v)
+    idx = argsort(v)  # not numba's argsort: see primitives.sort_pairs
     r = 0
     for k in range(m):
         if k > 0 and v[idx[k]] != v[idx[k - 1]]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from cellfeat.features.primitives import Layout, layout, n_objects, sorted_quantile
+from cellfeat.features.primitives import Layout, layout, n_objects, sort_inplace, sorted_quantile
 
 KEYS = (
     "Intensity_IntegratedIntensity_{image}",
@@ -325,14 +325,14 @@ def _values_kernel(pixels, edge, order, offsets, rows, cols, legacy):
             if eflat[p] != 0:
                 ess += (v - emean) * (v - emean)
         seg = buf[:cnt]
-        seg.sort()
+        sort_inplace(seg)  # not numba's sort: see primitives.sort_pairs
         lq = sorted_quantile(seg, cnt, 0.25, legacy)
         med = sorted_quantile(seg, cnt, 0.5, legacy)
         uq = sorted_quantile(seg, cnt, 0.75, legacy)
         for i in range(cnt):
             dev[i] = abs(seg[i] - med)
         d = dev[:cnt]
-        d.sort()
+        sort_inplace(d)
         mad = sorted_quantile(d, cnt, 0.5, legacy)
         cmy = sy / cnt
         cmx = sx / cnt

@@ -202,6 +202,101 @@ def outline8(labels):
 
 
 @njit(cache=True)
+def _before(a, b):
+    """``a < b`` with NaN after every number (numpy's sort order)."""
+    return a < b or (b != b and a == a)
+
+
+@njit(cache=True)
+def sort_pairs(keys, idx, carry):
+    """Sort ``keys`` (1-D) ascending in place, NaN last; with ``carry``, apply the same moves to
+    ``idx``. Quicksort (median of three, explicit stack) with insertion sort under 16 elements.
+
+    Our own instead of numba's ``ndarray.sort``/``np.argsort`` inside cached kernels: numba
+    generates those per variant under one qualified name, and a process that loads cached
+    kernels compiled in different processes can link one module's sort to another's argsort
+    (numba's process-local function ids collide; numba issues #5128, #10486), silently wrong.
+    """
+    n = keys.size
+    stack = np.empty(2 * 64, np.int64)
+    top = 0
+    lo = 0
+    hi = n - 1
+    while True:
+        while hi - lo >= 16:
+            mid = (lo + hi) // 2  # median of three into keys[mid], then to hi - 1 as the pivot
+            if _before(keys[mid], keys[lo]):
+                _swap(keys, idx, carry, mid, lo)
+            if _before(keys[hi], keys[mid]):
+                _swap(keys, idx, carry, hi, mid)
+                if _before(keys[mid], keys[lo]):
+                    _swap(keys, idx, carry, mid, lo)
+            _swap(keys, idx, carry, mid, hi - 1)
+            pivot = keys[hi - 1]
+            i = lo
+            j = hi - 1
+            while True:
+                i += 1
+                while _before(keys[i], pivot):
+                    i += 1
+                j -= 1
+                while _before(pivot, keys[j]):
+                    j -= 1
+                if i >= j:
+                    break
+                _swap(keys, idx, carry, i, j)
+            _swap(keys, idx, carry, i, hi - 1)
+            if i - lo < hi - i:  # the larger part waits on the stack: depth stays O(log n)
+                stack[top] = i + 1
+                stack[top + 1] = hi
+                hi = i - 1
+            else:
+                stack[top] = lo
+                stack[top + 1] = i - 1
+                lo = i + 1
+            top += 2
+        for i in range(lo + 1, hi + 1):  # insertion sort of the small part
+            k = keys[i]
+            t = idx[i] if carry else 0
+            j = i - 1
+            while j >= lo and _before(k, keys[j]):
+                keys[j + 1] = keys[j]
+                if carry:
+                    idx[j + 1] = idx[j]
+                j -= 1
+            keys[j + 1] = k
+            if carry:
+                idx[j + 1] = t
+        if top == 0:
+            return
+        top -= 2
+        lo = stack[top]
+        hi = stack[top + 1]
+
+
+@njit(cache=True)
+def _swap(keys, idx, carry, i, j):
+    keys[i], keys[j] = keys[j], keys[i]
+    if carry:
+        idx[i], idx[j] = idx[j], idx[i]
+
+
+@njit(cache=True)
+def sort_inplace(a):
+    """Sort a 1-D array ascending in place (NaN last); see :func:`sort_pairs`."""
+    sort_pairs(a, a[:0], False)
+
+
+@njit(cache=True)
+def argsort(a):
+    """Indices that sort a 1-D array ascending (NaN last; ties in no particular order)."""
+    keys = a.copy()
+    idx = np.arange(a.size)
+    sort_pairs(keys, idx, True)
+    return idx
+
+
+@njit(cache=True)
 def sorted_quantile(sorted_values, n, frac, legacy):
     """Linear interpolation in a sorted run of ``n`` values.
 
