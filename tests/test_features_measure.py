@@ -241,12 +241,14 @@ def test_correlation_shares_geometry_and_grey_levels(monkeypatch):
     pixels = (rng.integers(0, 256, (3, 40, 40)) / 255).astype(np.float32)
     labels = np.zeros((40, 40), np.int32)
     labels[3:18, 3:20], labels[22:38, 10:36] = 1, 2
-    calls = {"geometry": 0, "levels": 0}
-    real_geometry, real_levels = C.correlation_geometry, C.grey_levels
+    calls = {"geometry": 0, "levels": 0, "channels": 0}
+    real_geometry, real_levels, real_channel = C.correlation_geometry, C.grey_levels, C.channel_in_objects
     monkeypatch.setattr(C, "correlation_geometry", lambda *a, **k: calls.__setitem__("geometry", calls["geometry"] + 1) or real_geometry(*a, **k))
     monkeypatch.setattr(C, "grey_levels", lambda *a, **k: calls.__setitem__("levels", calls["levels"] + 1) or real_levels(*a, **k))
+    monkeypatch.setattr(C, "channel_in_objects", lambda *a, **k: calls.__setitem__("channels", calls["channels"] + 1) or real_channel(*a, **k))
     table = measure_objects({"Cells": labels, "Nuclei": labels}, pixels, ["a", "b", "c"], families=["Correlation"])
-    assert calls == {"geometry": 2, "levels": 3}  # one a compartment, one a channel
+    # one a compartment, one a channel, one a compartment and channel (each channel is in 2 of the 3 pairs)
+    assert calls == {"geometry": 2, "levels": 3, "channels": 6}
     for i, j in ((0, 1), (0, 2), (1, 2)):
         image = "abc"[i] + "_" + "abc"[j]
         for key, values in C.correlation(labels, pixels[[i, j]]).items():
@@ -255,6 +257,22 @@ def test_correlation_shares_geometry_and_grey_levels(monkeypatch):
         C.correlation(labels, pixels[:2], geometry=real_geometry(labels[:, :15]))
     with pytest.raises(ValueError, match="other planes"):
         C.correlation(labels, pixels[:2], levels=(real_levels(pixels[0, :20]), real_levels(pixels[1])))
+    other = np.where(labels == 2, 0, labels)
+    with pytest.raises(ValueError, match="other labels"):
+        C.correlation(labels, pixels[:2], channels=(real_channel(other, pixels[0]), real_channel(labels, pixels[1])))
+    with pytest.raises(ValueError, match="scale_max"):
+        C.correlation(labels, pixels[:2], channels=(real_channel(labels, pixels[0]), real_channel(labels, pixels[1])), scale_max=4095)
+
+
+def test_pair_view_is_the_two_planes_without_a_copy():
+    from cellfeat.features.measure import _pair_view
+
+    pixels = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    for i, j in ((0, 1), (0, 3), (1, 2), (2, 3)):
+        view = _pair_view(pixels, i, j)
+        np.testing.assert_array_equal(view, pixels[[i, j]])
+        assert np.shares_memory(view, pixels) and not view.flags.writeable
+    np.testing.assert_array_equal(_pair_view(pixels[:, :, ::2], 1, 3), pixels[[1, 3]][:, :, ::2])  # not contiguous: a copy
 
 
 @pytest.mark.parametrize("grey", ["8-bit", "continuous"])

@@ -16,12 +16,13 @@ MeasureColocalization), per object, on the object's pixel values ``fi`` (first c
 Keys: ``Correlation_{Feature}_{image}`` with ``_1`` / ``_2`` after the image for the two
 directions (``image`` = ``"w1_w2"``: ``_1`` is w1's coefficient, ``_2`` w2's).
 
-The kernel gathers each object's two pixel vectors once, as CellProfiler holds them: where a
-channel's values are grey levels ``k / scale_max`` (an 8- or 16-bit file divided by its maximum,
-possibly rounded to float32 on loading) they are taken as exactly ``k / scale_max`` in float64,
-CellProfiler's values; other values as given, in float64. Then everything is computed from them:
-two-pass means/variances; dense ranks from the grey levels (one argsort per channel otherwise);
-and in Costes' search, one branch-free pass of exact integer sums of the levels per bisection
+Each channel's pixels are gathered object by object once a compartment, for every pair the
+channel is in (:func:`channel_in_objects`; the orchestrator shares it), as CellProfiler holds
+them, and ranked there: where a channel's values are grey levels ``k / scale_max`` (an 8- or
+16-bit file divided by its maximum, possibly rounded to float32 on loading) they are taken as
+exactly ``k / scale_max`` in float64, CellProfiler's values; other values as given, in float64.
+The pair kernel computes everything from them: two-pass means/variances; the dense ranks (from
+the grey levels, else one argsort per channel and object); and in Costes' search, one branch-free pass of exact integer sums of the levels per bisection
 step, whose background r is judged by its exact sign (two float passes where the values are not
 levels). It matches cp_measure run on CellProfiler's float64 values to rounding (~1e-12
 relative). (Before 2026-12-05 the float32-rounded values were used as they were: Costes'
@@ -37,6 +38,8 @@ re-running cp_measure's search with scipy and checking that it met |r| < 1e-12.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -60,7 +63,7 @@ FEATURES = (
 
 def correlation(
     labels: np.ndarray, pixels: np.ndarray, *, thr: float = 15, scale_max: int = 255, geometry: tuple | None = None,
-    levels: tuple | None = None,
+    levels: tuple | None = None, channels: tuple | None = None,
 ) -> dict[str, np.ndarray]:
     """Colocalization of ``pixels[0]`` and ``pixels[1]`` per object.
 
@@ -68,30 +71,74 @@ def correlation(
     object's maximum above which a pixel counts for Manders/Overlap/K/RWC; ``scale_max`` is the
     acquisition's maximum grey value (255 for RxRx1's 8-bit PNGs, 65535 for 16-bit files), which sets
     Costes' grid; ``cellfeat extract`` takes it from each site's files (:func:`cellfeat.images.full_scale`).
-    ``geometry`` (:func:`correlation_geometry` of the labels) and ``levels`` (the two planes'
-    :func:`grey_levels` at this ``scale_max``) where the caller already has them.
+    Where the caller already has them: ``geometry`` (:func:`correlation_geometry` of the labels),
+    ``levels`` (the two planes' :func:`grey_levels` at this ``scale_max``), or ``channels`` (the
+    two planes' :func:`channel_in_objects`, which hold both).
     """
-    labels = as_labels(labels)
     pixels = np.asarray(pixels)
+    labels = np.asarray(labels)
     if pixels.ndim != 3 or pixels.shape[0] != 2 or pixels.shape[1:] != labels.shape:
         raise ValueError(
             f"correlation needs a (2, H, W) pixel stack matching labels {labels.shape}, got {pixels.shape}"
         )
+    if channels is None:
+        if geometry is None:
+            geometry = correlation_geometry(labels)
+        if levels is None:
+            levels = (None, None)
+        channels = tuple(
+            channel_in_objects(labels, pixels[c], scale_max=scale_max, geometry=geometry, levels=levels[c]) for c in (0, 1)
+        )
+    first, second = channels
+    if first.scale_max != int(scale_max) or second.scale_max != int(scale_max):
+        raise ValueError(f"channels were gathered at scale_max {first.scale_max} / {second.scale_max}, not {scale_max}")
+    offsets = first.offsets
+    n = int(labels.max(initial=0))
+    if second.offsets is not offsets and not np.array_equal(second.offsets, offsets) or offsets.size - 1 != n:
+        raise ValueError("channels were gathered for other labels; compute them with channel_in_objects(labels, plane)")
+    both_levels = first.levels and second.levels
+    values = _colocalization(offsets, float(thr), int(scale_max), first.values, first.codes, first.ranks, first.top,
+                             second.values, second.codes, second.ranks, second.top, both_levels)  # fmt: skip
+    return {_key(name): np.ascontiguousarray(values[:, i]) for i, name in enumerate(FEATURES)}
+
+
+class ObjectChannel(NamedTuple):
+    """One channel's pixels inside a compartment's objects, in segment order (object by object,
+    raster order within an object; object ``k`` at ``offsets[k]:offsets[k + 1]``): the values as
+    CellProfiler holds them, their grey-level codes (where ``levels``: the values are exactly
+    ``code / scale_max``), dense ranks within each object and each object's top rank."""
+
+    offsets: np.ndarray
+    values: np.ndarray
+    codes: np.ndarray
+    ranks: np.ndarray
+    top: np.ndarray
+    levels: bool
+    scale_max: int
+
+
+def channel_in_objects(
+    labels: np.ndarray, plane: np.ndarray, *, scale_max: int = 255, geometry: tuple | None = None,
+    levels: tuple | None = None, **_ignored,
+) -> ObjectChannel:
+    """What :func:`correlation` needs of one channel in one compartment, the same for every pair
+    it is in (the orchestrator computes it once a compartment and channel): the pixels gathered
+    object by object and ranked there. ``geometry`` and ``levels`` as in :func:`correlation`."""
     if not 2 <= int(scale_max) <= 2**32 - 1:
         raise ValueError(f"scale_max must be an integer between 2 and 2**32 - 1, got {scale_max}")
-    if not np.issubdtype(pixels.dtype, np.floating):
-        pixels = pixels.astype(np.float64)
+    plane = np.asarray(plane)
+    if not np.issubdtype(plane.dtype, np.floating):
+        plane = plane.astype(np.float64)
     if levels is None:
-        levels = (grey_levels(pixels[0], scale_max=scale_max), grey_levels(pixels[1], scale_max=scale_max))
-    (codes1, ok1, levels1), (codes2, ok2, levels2) = levels
-    if codes1.size != labels.size or codes2.size != labels.size:
+        levels = grey_levels(plane, scale_max=scale_max)
+    codes, ok, exact = levels
+    if codes.size != plane.size:
         raise ValueError("levels were computed for other planes; compute them with grey_levels(plane, scale_max=...)")
     order, offsets = correlation_geometry(labels) if geometry is None else geometry
-    if offsets.size - 1 != int(labels.max(initial=0)) or order.size != np.count_nonzero(labels):
+    if np.shape(labels) != plane.shape or offsets.size - 1 != int(np.max(labels, initial=0)) or order.size != np.count_nonzero(labels):
         raise ValueError("geometry was computed for other labels; compute it with correlation_geometry(labels)")
-    first, second = np.ascontiguousarray(pixels[0]).ravel(), np.ascontiguousarray(pixels[1]).ravel()
-    values = _colocalization(first, second, order, offsets, float(thr), int(scale_max), codes1, ok1, levels1, codes2, ok2, levels2)
-    return {_key(name): np.ascontiguousarray(values[:, i]) for i, name in enumerate(FEATURES)}
+    values, seg_codes, ranks, top = _gather(np.ascontiguousarray(plane).ravel(), codes, bool(ok), bool(exact), order, offsets, int(scale_max))
+    return ObjectChannel(offsets, values, seg_codes, ranks, top, bool(exact), int(scale_max))
 
 
 def correlation_geometry(labels: np.ndarray, **_ignored) -> tuple[np.ndarray, np.ndarray]:
@@ -126,40 +173,46 @@ def _key(name: str) -> str:
 
 
 @njit(cache=True, error_model="numpy")
-def _colocalization(f1, f2, order, offsets, thr, scale, codes1, ok1, levels1, codes2, ok2, levels2):
+def _gather(flat, codes, ok, exact, order, offsets, scale):
+    """One channel's pixels in segment order: values (grey levels as CellProfiler holds them,
+    k / scale in float64, where they are levels), codes, dense ranks within each object (from the
+    codes where they are one-to-one, else by sorting) and each object's top rank."""
+    n = offsets.size - 1
+    total = offsets[n]
+    values = np.empty(total)
+    seg_codes = np.empty(total, np.int64)
+    ranks = np.empty(total, np.int64)
+    top = np.zeros(n, np.int64)
+    present = np.zeros(scale + 1 if ok else 1, np.int64)
+    for i in range(total):
+        p = order[i]
+        c = codes[p]
+        seg_codes[i] = c
+        values[i] = c / scale if exact else flat[p]
+    for obj in range(n):
+        s, e = offsets[obj], offsets[obj + 1]
+        if e > s:
+            top[obj] = _dense_ranks(values[s:e], seg_codes[s:e] if ok else seg_codes[s:s], present, ranks[s:e])
+    return values, seg_codes, ranks, top
+
+
+@njit(cache=True, error_model="numpy")
+def _colocalization(offsets, thr, scale, v1, c1, r1, top1, v2, c2, r2, top2, both_levels):
     n = offsets.size - 1
     out = np.full((n, 11), np.nan)
-    size = 0
-    for obj in range(n):
-        size = max(size, offsets[obj + 1] - offsets[obj])
-    fi = np.empty(size)
-    si = np.empty(size)
-    k1 = np.empty(size, np.int64)
-    k2 = np.empty(size, np.int64)
-    present = np.zeros(scale + 1 if (ok1 or ok2) else 1, np.int64)
-    r1 = np.empty(size, np.int64)
-    r2 = np.empty(size, np.int64)
     for obj in range(n):
         s, e = offsets[obj], offsets[obj + 1]
         m = e - s
         if m == 0:
             continue
-        for k in range(m):  # grey levels as CellProfiler holds them (k / scale in float64) where they are levels
-            p = order[s + k]
-            k1[k] = codes1[p]
-            k2[k] = codes2[p]
-            fi[k] = k1[k] / scale if levels1 else f1[p]
-            si[k] = k2[k] / scale if levels2 else f2[p]
-        a = fi[:m]
-        b = si[:m]
+        a = v1[s:e]
+        b = v2[s:e]
         out[obj, 0], out[obj, 1] = _pearson(a, b)
-        top1 = _dense_ranks(a, k1[:m] if ok1 else k1[:0], present, r1)
-        top2 = _dense_ranks(b, k2[:m] if ok2 else k2[:0], present, r2)
-        _thresholded(a, b, r1[:m], r2[:m], max(top1, top2) + 1, thr, out[obj])
-        if levels1 and levels2 and float(m) * m * scale * scale < 2.0**62:  # integer sums cannot overflow
-            out[obj, 9], out[obj, 10] = _costes(a, b, scale, k1[:m], k2[:m])
+        _thresholded(a, b, r1[s:e], r2[s:e], max(top1[obj], top2[obj]) + 1, thr, out[obj])
+        if both_levels and float(m) * m * scale * scale < 2.0**62:  # integer sums cannot overflow
+            out[obj, 9], out[obj, 10] = _costes(a, b, scale, c1[s:e], c2[s:e])
         else:
-            out[obj, 9], out[obj, 10] = _costes(a, b, scale, k1[:0], k2[:0])
+            out[obj, 9], out[obj, 10] = _costes(a, b, scale, c1[s:s], c2[s:s])
     return out
 
 

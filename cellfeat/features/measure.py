@@ -115,15 +115,32 @@ def measure_objects(
                     for key, values in function(labels, pixels[c], **call).items():
                         columns[f"{compartment}_{key.format(image=channel)}"] = _padded(values, n_rows)
             else:
+                shared_channel = family.shared("per_channel")
+                in_objects = []  # each channel's per_channel work in this compartment, for every pair it is in
+                if shared_channel is not None:
+                    compute, keyword = shared_channel
+                    planes = [{} if shared_plane is None else {shared_plane[1]: plane_work(name, shared_plane[0], c, kwargs)}
+                              for c in range(len(channels))]  # fmt: skip
+                    in_objects = [compute(labels, pixels[c], **kwargs, **planes[c]) for c in range(len(channels))]
                 for i, j in pairs:
                     image = f"{channels[i]}_{channels[j]}"
                     call = kwargs
-                    if shared_plane is not None:
+                    if shared_channel is not None:
+                        call = {**kwargs, shared_channel[1]: (in_objects[i], in_objects[j])}
+                    elif shared_plane is not None:
                         compute, keyword = shared_plane
                         call = {**kwargs, keyword: (plane_work(name, compute, i, kwargs), plane_work(name, compute, j, kwargs))}
-                    for key, values in function(labels, pixels[[i, j]], **call).items():
+                    for key, values in function(labels, _pair_view(pixels, i, j), **call).items():
                         columns[f"{compartment}_{key.format(image=image)}"] = _padded(values, n_rows)
     return _table(columns, n_rows)
+
+
+def _pair_view(pixels: np.ndarray, i: int, j: int) -> np.ndarray:
+    """``pixels[[i, j]]`` without copying the two planes (a read-only strided view; ``i < j``)."""
+    if not pixels.flags.c_contiguous:
+        return pixels[[i, j]]
+    step = pixels.strides[0] * (j - i)
+    return np.lib.stride_tricks.as_strided(pixels[i], (2, *pixels.shape[1:]), (step, *pixels.strides[1:]), writeable=False)
 
 
 def _table(columns: dict[str, np.ndarray], n_rows: int) -> pd.DataFrame:

@@ -40,7 +40,10 @@ class Family:
     computes it once a compartment and passes it to every channel's call as ``keyword``;
     ``per_plane`` likewise for ``function(plane, **options)`` (None where the family has nothing
     to share for that plane), once a channel for every compartment; a pair family's call gets
-    the tuple of its two channels' results."""
+    the tuple of its two channels' results. ``per_channel`` (pair families): ``function(labels,
+    plane, **options)``, given the ``per_labels`` and ``per_plane`` results as their keywords,
+    once a compartment and channel for every pair that channel is in; the call then gets the
+    tuple of its two channels' results instead of the ``per_plane`` ones."""
 
     name: str  # CellProfiler's module family name
     module: str
@@ -48,12 +51,13 @@ class Family:
     inputs: Inputs
     per_labels: tuple[str, str] | None = None
     per_plane: tuple[str, str] | None = None
+    per_channel: tuple[str, str] | None = None
 
     def load(self) -> Callable:
         return getattr(importlib.import_module(self.module), self.function)
 
     def shared(self, which: str) -> tuple[Callable, str] | None:
-        """(function, keyword) of ``per_labels`` or ``per_plane``, or None."""
+        """(function, keyword) of ``per_labels``, ``per_plane`` or ``per_channel``, or None."""
         spec = getattr(self, which)
         return None if spec is None else (getattr(importlib.import_module(self.module), spec[0]), spec[1])
 
@@ -72,7 +76,8 @@ FAMILIES: dict[str, Family] = {
         Family("RadialDistribution", "cellfeat.features.radial", "radial_distribution", Inputs.CHANNEL,
                per_labels=("radial_geometry", "geometry")),
         Family("Correlation", "cellfeat.features.correlation", "correlation", Inputs.PAIR,
-               per_labels=("correlation_geometry", "geometry"), per_plane=("grey_levels", "levels")),
+               per_labels=("correlation_geometry", "geometry"), per_plane=("grey_levels", "levels"),
+               per_channel=("channel_in_objects", "channels")),
     )
 }
 
