@@ -59,34 +59,32 @@ def _level_codes(pixels, levels):
     """``(codes, lut, ok)``: whether every pixel is one of ``levels + 1`` distinct values
     ``k / levels`` up to float rounding (an 8-bit image rescaled to [0, 1]; no NaN or inf), each
     pixel's level ``k`` (uint8, flat) and the exact value of each level as stored (0 for a level
-    the image lacks), so per-object statistics come from 256-bin histograms, exactly."""
+    the image lacks), so per-object statistics come from 256-bin histograms, exactly. Three
+    branch-free passes: the codes (and whether each value is near its level), one value per
+    level, and whether every pixel equals its level's value."""
     flat = pixels.ravel()
     codes = np.empty(flat.size, np.uint8)
-    lut = np.full(levels + 1, np.nan)
+    lut = np.zeros(levels + 1)
+    bad = False
     for i in range(flat.size):
-        v = flat[i]
-        if not np.isfinite(v):
-            return codes, lut, False
-        x = v * levels
-        b = int(x + 0.5)
-        if b < 0 or b > levels or abs(x - b) > 1e-3:
-            return codes, lut, False
-        if np.isnan(lut[b]):
-            lut[b] = v
-        elif lut[b] != v:
-            return codes, lut, False
+        x = flat[i] * levels
+        b = np.int64(x + 0.5) if (x > -0.5) & (x < levels + 0.5) else np.int64(0)
+        bad |= not (abs(x - b) <= 1e-3)  # also NaN and inf
         codes[i] = b
-    for b in range(levels + 1):
-        if np.isnan(lut[b]):
-            lut[b] = 0.0  # a level absent from the image: histogram walks add 0 times 0
-    return codes, lut, True
+    if bad:
+        return codes, lut, False
+    for i in range(flat.size):
+        lut[codes[i]] = flat[i]
+    for i in range(flat.size):
+        bad |= flat[i] != lut[codes[i]]
+    return codes, lut, not bad
 
 
 @njit(cache=True)
 def _edge_in_order(edge, order):
     """Whether each labelled pixel (in segment order) is on its object's edge, as 0/1."""
     flat = edge.ravel()
-    out = np.empty(order.size, np.int64)
+    out = np.empty(order.size, np.uint8)
     for i in range(order.size):
         out[i] = flat[order[i]] != 0
     return out
@@ -173,6 +171,7 @@ def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
         cnt = e - s
         cmin = lut.size
         cmax = -1
+        imax = s
         sy = 0
         sx = 0
         syi = 0.0
@@ -182,7 +181,9 @@ def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
             hist[c] += 1
             ehist[c] += edge_seg[i]
             cmin = min(cmin, c)
-            cmax = max(cmax, c)
+            if c > cmax:  # strict: the first maximum in raster order, as numpy.argmax
+                cmax = c
+                imax = i
             y = rows[i]
             x = cols[i]
             v = lut[c]
@@ -218,9 +219,6 @@ def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
         mad = _hist_mad(hist, lut, cnt, med, legacy, cmin)
         hist[cmin : cmax + 1] = 0
         ehist[cmin : cmax + 1] = 0
-        i = s
-        while codes[order[i]] != cmax:  # the first maximum in raster order, as numpy.argmax
-            i += 1
         mean = total / cnt
         dm = sd / cnt
         cmy = sy / cnt
@@ -243,8 +241,8 @@ def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
         out[k, 9] = uq
         out[k, 10] = cmix
         out[k, 11] = cmiy
-        out[k, 12] = cols[i]
-        out[k, 13] = rows[i]
+        out[k, 12] = cols[imax]
+        out[k, 13] = rows[imax]
         if ecnt > 0:
             edm = esd / ecnt
             out[k, 14] = esum
