@@ -22,9 +22,9 @@ them, and ranked there: where a channel's values are grey levels ``k / scale_max
 16-bit file divided by its maximum, possibly rounded to float32 on loading) they are taken as
 exactly ``k / scale_max`` in float64, CellProfiler's values; other values as given, in float64.
 The pair kernel computes everything from them: two-pass means/variances; the dense ranks (from
-the grey levels, else one argsort per channel and object); and in Costes' search, one branch-free pass of exact integer sums of the levels per bisection
-step, whose background r is judged by its exact sign (two float passes where the values are not
-levels). It matches cp_measure run on CellProfiler's float64 values to rounding (~1e-12
+the grey levels, else one argsort per channel and object); and in Costes' search, one
+branch-free pass of exact integer sums of the levels per bisection step, whose background r is
+judged by its exact sign (two float passes where the values are not levels). It matches cp_measure run on CellProfiler's float64 values to rounding (~1e-12
 relative). (Before 2026-12-05 the float32-rounded values were used as they were: Costes'
 thresholds then cut between a level and its float32 rounding, and on 3 real sites
 30-53% of the nuclei's Costes values differed from CellProfiler's.)

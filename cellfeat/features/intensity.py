@@ -26,7 +26,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from cellfeat.features.primitives import Layout, layout, n_objects, sort_inplace, sorted_quantile
+from cellfeat.features.primitives import (
+    Layout,
+    layout,
+    n_objects,
+    sort_inplace,
+    sorted_quantile,
+)
 
 KEYS = (
     "Intensity_IntegratedIntensity_{image}",
