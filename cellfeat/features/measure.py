@@ -41,9 +41,12 @@ def _load_families(names: Sequence[str] | None) -> list[tuple[str, Inputs, objec
 
 
 def _padded(values: np.ndarray, n_rows: int) -> np.ndarray:
-    out = np.full(n_rows, np.nan, np.float32)
-    out[: len(values)] = values
-    return out
+    """A family's column as it goes into the table: checked here, padded with NaN to ``n_rows``
+    objects (and cast to float32) when the table is built."""
+    values = np.asarray(values)
+    if values.ndim != 1 or len(values) > n_rows:
+        raise ValueError(f"a feature column must be 1-D with at most {n_rows} values, got shape {values.shape}")
+    return values
 
 
 def measure_objects(
@@ -148,7 +151,8 @@ def _table(columns: dict[str, np.ndarray], n_rows: int) -> pd.DataFrame:
     ~1,000 separate columns costs pandas more than some families take to compute them)."""
     block = np.empty((len(columns), n_rows), np.float32)  # pandas keeps a block column by column
     for i, values in enumerate(columns.values()):
-        block[i] = values
+        block[i, : len(values)] = values
+        block[i, len(values) :] = np.nan
     table = pd.DataFrame(block.T, columns=list(columns), copy=False)
     table.insert(0, OBJECT_NUMBER, np.arange(1, n_rows + 1, dtype=np.int64))
     return table
