@@ -53,6 +53,7 @@ from cellfeat.layout import discover_sites, site_files, SiteKey  # noqa: E402
 DATA = REPO.parent / "shared" / "data" / "rxrx1" / "images"
 CHANNELS = [f"w{c}" for c in range(1, 7)]
 COMPARTMENTS = ("Nuclei", "Cells", "Cytoplasm")
+CP_SOURCE = ""  # --cp-source: a cp_measure source tree to time instead of the installed one
 NEIGHBOR_COMPARTMENTS = ("Nuclei", "Cells")
 
 
@@ -96,8 +97,48 @@ def ours(name: str):
         return None
 
 
+def cp_branch_function(name: str):
+    """The equivalent of one of our families from a cp_measure source tree whose numba backend
+    is its package ``cp_measure.core.numba`` (the ``integration/all-numba`` branch, whose
+    ``bulk`` module does not import): its numba function where it has one, its numpy one
+    otherwise (sizeshape, neighbors), as its ``set_accelerator("numba")`` means to compose them."""
+    import cp_measure.core.numba as nb
+
+    if name == "AreaShape":
+        from cp_measure.core.measureobjectsizeshape import get_sizeshape
+
+        def areashape(labels, _):
+            out = {f"AreaShape_{k}": v for k, v in get_sizeshape(labels, None).items()}
+            for fn in (nb.get_zernike, nb.get_feret):
+                out.update({f"AreaShape_{k}": v for k, v in fn(labels, None).items()})
+            return out
+
+        return areashape
+    if name == "Neighbors":
+        from cp_measure.multimask.measureobjectneighbors import measureobjectneighbors
+
+        return lambda labels, _: measureobjectneighbors(labels, labels, "Adjacent")
+    if name == "Correlation":
+
+        def correlation(labels, pair):
+            out = {}
+            for fn in (nb.get_correlation_pearson, nb.get_correlation_manders_fold, nb.get_correlation_rwc, nb.get_correlation_overlap):
+                out.update(fn(pixels_1=pair[0], pixels_2=pair[1], masks=labels))
+            # its Costes takes the grid from the dtype (float: 1 level): the 8-bit levels as uint8 give 255
+            levels = np.rint(pair * 255).astype(np.uint8)
+            out.update(nb.get_correlation_costes(pixels_1=levels[0], pixels_2=levels[1], masks=labels))
+            return out
+
+        return correlation
+    fn = {"Intensity": nb.get_intensity, "Texture": nb.get_texture, "Granularity": nb.get_granularity,
+          "RadialDistribution": nb.get_radial_distribution}[name]  # fmt: skip
+    return lambda labels, pixels: fn(labels, pixels)
+
+
 def cp_function(name: str):
     """cp_measure's equivalent of one of our families: (labels, pixels or None) -> dict."""
+    if CP_SOURCE:
+        return cp_branch_function(name)
     from cp_measure.bulk import get_core_measurements, get_correlation_measurements
 
     core = get_core_measurements()
@@ -140,9 +181,7 @@ def calls(name: str, masks: dict[str, np.ndarray], pixels: np.ndarray, cp: bool)
     for comp in comps:
         labels = masks[comp]
         if cp:  # cp_measure wants contiguous labels and float64 pixels
-            from cp_measure._sanitize import sanitize_masks
-
-            labels = sanitize_masks(labels)[0]
+            labels = _contiguous(labels)
         if inputs is Inputs.OBJECTS:
             yield comp, "", labels, None
         elif inputs is Inputs.CHANNEL:
@@ -155,6 +194,16 @@ def calls(name: str, masks: dict[str, np.ndarray], pixels: np.ndarray, cp: bool)
                 # Correlation snaps float32-rounded levels back to them)
                 pair = np.rint(pixels[[i, j]].astype(np.float64) * 255) / 255 if cp else pixels[[i, j]]
                 yield comp, f"{CHANNELS[i]}_{CHANNELS[j]}", labels, pair
+
+
+def _contiguous(labels: np.ndarray) -> np.ndarray:
+    try:
+        from cp_measure._sanitize import sanitize_masks
+    except ImportError:  # a source tree without it (the all-numba branch)
+        from skimage.segmentation import relabel_sequential
+
+        return relabel_sequential(labels)[0]
+    return sanitize_masks(labels)[0]
 
 
 def run_family(fn, name, masks, pixels, cp) -> tuple[float, dict]:
@@ -267,6 +316,10 @@ def get_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--cp-accelerator", choices=["numba", "none"], default="numba",
                    help="cp_measure's backend (cp_measure.set_accelerator): numba, its fastest warm, is the default "
                         "reference; none = its numpy code. Warmed by one untimed call on the first site")  # fmt: skip
+    p.add_argument("--cp-source", type=Path,
+                   help="time cp_measure from this source tree (its src/ folder or the folder holding cp_measure/) "
+                        "instead of the installed release, its numba functions where it has them: e.g. the "
+                        "integration/all-numba branch, `git archive integration/all-numba src | tar -x -C DIR`")  # fmt: skip
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     return p
@@ -277,9 +330,17 @@ def main(argv=None) -> int:
     if args.child:
         child_main(args.child[0], args.child[1], int(args.child[2]))
         return 0
+    global CP_SOURCE
+    if args.cp_source:
+        src = args.cp_source / "src" if (args.cp_source / "src" / "cp_measure").is_dir() else args.cp_source
+        sys.path.insert(0, str(src.resolve()))
+        CP_SOURCE = str(src)
     import cp_measure
 
-    cp_measure.set_accelerator(None if args.cp_accelerator == "none" else args.cp_accelerator)
+    if CP_SOURCE:
+        print(f"cp_measure from {Path(cp_measure.__file__).parent} (its numba functions where it has them)")
+    else:
+        cp_measure.set_accelerator(None if args.cp_accelerator == "none" else args.cp_accelerator)
     all_sites = site_list(DATA)
     chosen = args.sites if args.sites else list(range(len(all_sites)))
     loaded = []
