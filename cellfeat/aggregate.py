@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
+from cellfeat.features.primitives import median_inplace
+
 WELL_KEYS = ("Metadata_Experiment", "Metadata_Plate", "Metadata_Well")
 SITE_KEYS = (*WELL_KEYS, "Metadata_Site")
 OPERATIONS = ("median", "mean")
@@ -78,8 +80,8 @@ def _group_median(values, starts, order):  # pragma: no cover - compiled
                 if not np.isnan(v):
                     buffer[k] = v
                     k += 1
-            if k:
-                out[g, j] = np.median(buffer[:k])
+            if k:  # not numba's np.median: see primitives.sort_pairs
+                out[g, j] = median_inplace(buffer[:k])
     return out
 
 

@@ -282,6 +282,66 @@ def _swap(keys, idx, carry, i, j):
 
 
 @njit(cache=True)
+def select_inplace(a, k):
+    """The ``k``-th smallest element of a 1-D array (0-based; NaN last), moving the ``k``
+    smallest before it (in no order) and the rest after it: quickselect, median of three,
+    insertion sort under 16 elements. Our own for the reason given in :func:`sort_pairs`."""
+    lo = 0
+    hi = a.size - 1
+    while hi - lo >= 16:
+        mid = (lo + hi) // 2
+        if _before(a[mid], a[lo]):
+            a[mid], a[lo] = a[lo], a[mid]
+        if _before(a[hi], a[mid]):
+            a[hi], a[mid] = a[mid], a[hi]
+            if _before(a[mid], a[lo]):
+                a[mid], a[lo] = a[lo], a[mid]
+        a[mid], a[hi - 1] = a[hi - 1], a[mid]
+        pivot = a[hi - 1]
+        i = lo
+        j = hi - 1
+        while True:
+            i += 1
+            while _before(a[i], pivot):
+                i += 1
+            j -= 1
+            while _before(pivot, a[j]):
+                j -= 1
+            if i >= j:
+                break
+            a[i], a[j] = a[j], a[i]
+        a[i], a[hi - 1] = a[hi - 1], a[i]
+        if i == k:
+            return a[k]
+        if k < i:
+            hi = i - 1
+        else:
+            lo = i + 1
+    for i in range(lo + 1, hi + 1):
+        v = a[i]
+        j = i - 1
+        while j >= lo and _before(v, a[j]):
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+    return a[k]
+
+
+@njit(cache=True)
+def median_inplace(a):
+    """``numpy.median`` of a 1-D array without NaN (the mean of the two middle values for an even
+    count), reordering it: :func:`select_inplace`, not numba's ``np.median``."""
+    n = a.size
+    upper = select_inplace(a, n // 2)
+    if n % 2:
+        return upper
+    lower = a[0]
+    for i in range(1, n // 2):  # the largest of the n // 2 smallest
+        lower = max(lower, a[i])
+    return (lower + upper) / 2
+
+
+@njit(cache=True)
 def sort_inplace(a):
     """Sort a 1-D array ascending in place (NaN last); see :func:`sort_pairs`."""
     sort_pairs(a, a[:0], False)
