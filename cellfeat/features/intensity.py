@@ -97,35 +97,59 @@ def _edge_in_order(edge, order):
 
 
 @njit(cache=True)
-def _hist_quartiles(hist, lut, n, legacy, b0):
-    """Lower quartile, median and upper quartile from one walk over the histogram."""
-    want = np.empty(6, np.int64)
-    frac = np.empty(3)
+def _hist_quartiles(hist, lut, n, legacy, b0, scratch):
+    """Lower quartile, median and upper quartile from one walk over the histogram. ``scratch``:
+    an int64 array of 12 (the six ranks wanted and their order; no allocation per object)."""
+    want = scratch[:6]
+    order = scratch[6:]
     for q in range(3):
         f = 0.25 * (q + 1)
         pos = n * f if legacy else (n - 1) * f
         lo = min(int(pos), n - 1)
         want[2 * q] = lo
         want[2 * q + 1] = min(lo + 1, n - 1)
-        frac[q] = pos - lo
-    got = np.full(6, np.nan)
+    for t in range(6):  # the six ranks in increasing order (not sorted as listed for tiny objects)
+        order[t] = t
+        j = t
+        while j > 0 and want[order[j - 1]] > want[order[j]]:
+            order[j - 1], order[j] = order[j], order[j - 1]
+            j -= 1
+    g0 = g1 = g2 = g3 = g4 = g5 = 0.0
     seen = 0
-    left = 6
+    t = 0
     for b in range(b0, hist.size):
         if hist[b] == 0:
             continue
         seen += hist[b]
-        for t in range(6):  # (the six ranks are not sorted for tiny objects)
-            if np.isnan(got[t]) and seen > want[t]:
-                got[t] = lut[b]
-                left -= 1
-        if left == 0:
+        while t < 6 and seen > want[order[t]]:
+            slot = order[t]
+            v = lut[b]
+            if slot == 0:
+                g0 = v
+            elif slot == 1:
+                g1 = v
+            elif slot == 2:
+                g2 = v
+            elif slot == 3:
+                g3 = v
+            elif slot == 4:
+                g4 = v
+            else:
+                g5 = v
+            t += 1
+        if t == 6:
             break
-    return (
-        got[0] * (1.0 - frac[0]) + got[1] * frac[0],
-        got[2] * (1.0 - frac[1]) + got[3] * frac[1],
-        got[4] * (1.0 - frac[2]) + got[5] * frac[2],
-    )
+    f0 = _rank_fraction(n, 0.25, legacy)
+    f1 = _rank_fraction(n, 0.5, legacy)
+    f2 = _rank_fraction(n, 0.75, legacy)
+    return g0 * (1.0 - f0) + g1 * f0, g2 * (1.0 - f1) + g3 * f1, g4 * (1.0 - f2) + g5 * f2
+
+
+@njit(cache=True)
+def _rank_fraction(n, f, legacy):
+    """How far quantile ``f``'s position lies past its lower rank (see ``sorted_quantile``)."""
+    pos = n * f if legacy else (n - 1) * f
+    return pos - min(int(pos), n - 1)
 
 
 @njit(cache=True)
@@ -170,6 +194,7 @@ def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
     out = np.full((n, 19), np.nan)
     hist = np.zeros(lut.size, np.int64)
     ehist = np.zeros(lut.size, np.int64)
+    scratch = np.empty(12, np.int64)
     for k in range(n):
         s, e = offsets[k], offsets[k + 1]
         if s == e:
@@ -221,7 +246,7 @@ def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
             esd2 += eb * (d * d)
             emin = min(emin, b if eb else cmax)
             emax = max(emax, b if eb else cmin)
-        lq, med, uq = _hist_quartiles(hist, lut, cnt, legacy, cmin)
+        lq, med, uq = _hist_quartiles(hist, lut, cnt, legacy, cmin, scratch)
         mad = _hist_mad(hist, lut, cnt, med, legacy, cmin)
         hist[cmin : cmax + 1] = 0
         ehist[cmin : cmax + 1] = 0
