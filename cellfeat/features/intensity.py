@@ -187,6 +187,38 @@ def _hist_mad(hist, lut, n, med, legacy, b0):
 
 
 @njit(cache=True)
+def _store(row, cnt, total, std, vmin, vmax, sy, sx, syi, sxi, lq, med, mad, uq, xmax, ymax, ecnt, esum, estd, emin, emax):
+    """One object's row of :data:`KEYS` from its sums (``sy``, ``sx``: of rows and columns;
+    ``syi``, ``sxi``: of row and column times intensity) and statistics."""
+    cmy = sy / cnt
+    cmx = sx / cnt
+    cmiy = syi / total if total != 0 else np.nan
+    cmix = sxi / total if total != 0 else np.nan
+    row[0] = total
+    row[1] = total / cnt
+    row[2] = std
+    row[3] = vmin
+    row[4] = vmax
+    row[5] = np.sqrt((cmiy - cmy) ** 2 + (cmix - cmx) ** 2)
+    row[6] = lq
+    row[7] = med
+    row[8] = mad
+    row[9] = uq
+    row[10] = cmix
+    row[11] = cmiy
+    row[12] = xmax
+    row[13] = ymax
+    if ecnt > 0:
+        row[14] = esum
+        row[15] = esum / ecnt
+        row[16] = estd
+        row[17] = emin
+        row[18] = emax
+    else:  # cp_measure leaves zeros for an object without edge pixels
+        row[14:19] = 0.0
+
+
+@njit(cache=True)
 def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
     """All intensity features of an image of grey levels (see :func:`_level_codes`), one label
     slice at a time: one pass over the pixels (histograms, centres), one walk over the levels."""
@@ -250,39 +282,11 @@ def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
         mad = _hist_mad(hist, lut, cnt, med, legacy, cmin)
         hist[cmin : cmax + 1] = 0
         ehist[cmin : cmax + 1] = 0
-        mean = total / cnt
         dm = sd / cnt
-        cmy = sy / cnt
-        cmx = sx / cnt
-        if total != 0:
-            cmiy = syi / total
-            cmix = sxi / total
-        else:
-            cmiy = np.nan
-            cmix = np.nan
-        out[k, 0] = total
-        out[k, 1] = mean
-        out[k, 2] = np.sqrt(max(0.0, sd2 / cnt - dm * dm))
-        out[k, 3] = lut[cmin]
-        out[k, 4] = lut[cmax]
-        out[k, 5] = np.sqrt((cmiy - cmy) ** 2 + (cmix - cmx) ** 2)
-        out[k, 6] = lq
-        out[k, 7] = med
-        out[k, 8] = mad
-        out[k, 9] = uq
-        out[k, 10] = cmix
-        out[k, 11] = cmiy
-        out[k, 12] = cols[imax]
-        out[k, 13] = rows[imax]
-        if ecnt > 0:
-            edm = esd / ecnt
-            out[k, 14] = esum
-            out[k, 15] = esum / ecnt
-            out[k, 16] = np.sqrt(max(0.0, esd2 / ecnt - edm * edm))
-            out[k, 17] = lut[emin]
-            out[k, 18] = lut[emax]
-        else:  # cp_measure leaves zeros for an object without edge pixels
-            out[k, 14:19] = 0.0
+        edm = esd / ecnt if ecnt > 0 else 0.0
+        _store(out[k], cnt, total, np.sqrt(max(0.0, sd2 / cnt - dm * dm)), lut[cmin], lut[cmax], sy, sx, syi, sxi,
+               lq, med, mad, uq, cols[imax], rows[imax], ecnt, esum,
+               np.sqrt(max(0.0, esd2 / ecnt - edm * edm)) if ecnt > 0 else 0.0, lut[emin], lut[emax])  # fmt: skip
     return out
 
 
@@ -363,36 +367,8 @@ def _values_kernel(pixels, edge, order, offsets, rows, cols, legacy):
         d = dev[:cnt]
         sort_inplace(d)
         mad = sorted_quantile(d, cnt, 0.5, legacy)
-        cmy = sy / cnt
-        cmx = sx / cnt
-        if total != 0:
-            cmiy = syi / total
-            cmix = sxi / total
-        else:
-            cmiy = np.nan
-            cmix = np.nan
-        out[k, 0] = total
-        out[k, 1] = mean
-        out[k, 2] = np.sqrt(ss / cnt)
-        out[k, 3] = vmin
-        out[k, 4] = vmax
-        out[k, 5] = np.sqrt((cmiy - cmy) ** 2 + (cmix - cmx) ** 2)
-        out[k, 6] = lq
-        out[k, 7] = med
-        out[k, 8] = mad
-        out[k, 9] = uq
-        out[k, 10] = cmix
-        out[k, 11] = cmiy
-        out[k, 12] = amax_x
-        out[k, 13] = amax_y
-        if ecnt > 0:
-            out[k, 14] = esum
-            out[k, 15] = emean
-            out[k, 16] = np.sqrt(ess / ecnt)
-            out[k, 17] = emin
-            out[k, 18] = emax
-        else:  # cp_measure leaves zeros for an object without edge pixels
-            out[k, 14:19] = 0.0
+        _store(out[k], cnt, total, np.sqrt(ss / cnt), vmin, vmax, sy, sx, syi, sxi, lq, med, mad, uq, amax_x, amax_y,
+               ecnt, esum, np.sqrt(ess / ecnt) if ecnt > 0 else 0.0, emin, emax)  # fmt: skip
     return out
 
 

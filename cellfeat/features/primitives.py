@@ -217,35 +217,13 @@ def sort_pairs(keys, idx, carry):
     kernels compiled in different processes can link one module's sort to another's argsort
     (numba's process-local function ids collide; numba issues #5128, #10486), silently wrong.
     """
-    n = keys.size
     stack = np.empty(2 * 64, np.int64)
     top = 0
     lo = 0
-    hi = n - 1
+    hi = keys.size - 1
     while True:
         while hi - lo >= 16:
-            mid = (lo + hi) // 2  # median of three into keys[mid], then to hi - 1 as the pivot
-            if _before(keys[mid], keys[lo]):
-                _swap(keys, idx, carry, mid, lo)
-            if _before(keys[hi], keys[mid]):
-                _swap(keys, idx, carry, hi, mid)
-                if _before(keys[mid], keys[lo]):
-                    _swap(keys, idx, carry, mid, lo)
-            _swap(keys, idx, carry, mid, hi - 1)
-            pivot = keys[hi - 1]
-            i = lo
-            j = hi - 1
-            while True:
-                i += 1
-                while _before(keys[i], pivot):
-                    i += 1
-                j -= 1
-                while _before(pivot, keys[j]):
-                    j -= 1
-                if i >= j:
-                    break
-                _swap(keys, idx, carry, i, j)
-            _swap(keys, idx, carry, i, hi - 1)
+            i = _partition(keys, idx, carry, lo, hi)
             if i - lo < hi - i:  # the larger part waits on the stack: depth stays O(log n)
                 stack[top] = i + 1
                 stack[top + 1] = hi
@@ -255,18 +233,7 @@ def sort_pairs(keys, idx, carry):
                 stack[top + 1] = i - 1
                 lo = i + 1
             top += 2
-        for i in range(lo + 1, hi + 1):  # insertion sort of the small part
-            k = keys[i]
-            t = idx[i] if carry else 0
-            j = i - 1
-            while j >= lo and _before(k, keys[j]):
-                keys[j + 1] = keys[j]
-                if carry:
-                    idx[j + 1] = idx[j]
-                j -= 1
-            keys[j + 1] = k
-            if carry:
-                idx[j + 1] = t
+        _insertion_sort(keys, idx, carry, lo, hi)
         if top == 0:
             return
         top -= 2
@@ -275,70 +242,74 @@ def sort_pairs(keys, idx, carry):
 
 
 @njit(cache=True)
-def _swap(keys, idx, carry, i, j):
-    keys[i], keys[j] = keys[j], keys[i]
-    if carry:
-        idx[i], idx[j] = idx[j], idx[i]
-
-
-@njit(cache=True)
 def select_inplace(a, k):
     """The ``k``-th smallest element of a 1-D array (0-based; NaN last), moving the ``k``
-    smallest before it (in no order) and the rest after it: quickselect, median of three,
-    insertion sort under 16 elements. Our own for the reason given in :func:`sort_pairs`."""
+    smallest before it (in no order) and the rest after it: quickselect on the partition of
+    :func:`sort_pairs`. Our own for the reason given there."""
     lo = 0
     hi = a.size - 1
     while hi - lo >= 16:
-        mid = (lo + hi) // 2
-        if _before(a[mid], a[lo]):
-            a[mid], a[lo] = a[lo], a[mid]
-        if _before(a[hi], a[mid]):
-            a[hi], a[mid] = a[mid], a[hi]
-            if _before(a[mid], a[lo]):
-                a[mid], a[lo] = a[lo], a[mid]
-        a[mid], a[hi - 1] = a[hi - 1], a[mid]
-        pivot = a[hi - 1]
-        i = lo
-        j = hi - 1
-        while True:
-            i += 1
-            while _before(a[i], pivot):
-                i += 1
-            j -= 1
-            while _before(pivot, a[j]):
-                j -= 1
-            if i >= j:
-                break
-            a[i], a[j] = a[j], a[i]
-        a[i], a[hi - 1] = a[hi - 1], a[i]
+        i = _partition(a, a[:0], False, lo, hi)
         if i == k:
             return a[k]
         if k < i:
             hi = i - 1
         else:
             lo = i + 1
-    for i in range(lo + 1, hi + 1):
-        v = a[i]
-        j = i - 1
-        while j >= lo and _before(v, a[j]):
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = v
+    _insertion_sort(a, a[:0], False, lo, hi)
     return a[k]
 
 
 @njit(cache=True)
-def median_inplace(a):
-    """``numpy.median`` of a 1-D array without NaN (the mean of the two middle values for an even
-    count), reordering it: :func:`select_inplace`, not numba's ``np.median``."""
-    n = a.size
-    upper = select_inplace(a, n // 2)
-    if n % 2:
-        return upper
-    lower = a[0]
-    for i in range(1, n // 2):  # the largest of the n // 2 smallest
-        lower = max(lower, a[i])
-    return (lower + upper) / 2
+def _partition(keys, idx, carry, lo, hi):
+    """Partition ``keys[lo:hi + 1]`` (at least 3 elements) around the median of its first, middle
+    and last keys; returns the pivot's final position (smaller keys before it, larger after)."""
+    mid = (lo + hi) // 2  # median of three into keys[mid], then to hi - 1 as the pivot
+    if _before(keys[mid], keys[lo]):
+        _swap(keys, idx, carry, mid, lo)
+    if _before(keys[hi], keys[mid]):
+        _swap(keys, idx, carry, hi, mid)
+        if _before(keys[mid], keys[lo]):
+            _swap(keys, idx, carry, mid, lo)
+    _swap(keys, idx, carry, mid, hi - 1)
+    pivot = keys[hi - 1]
+    i = lo
+    j = hi - 1
+    while True:
+        i += 1
+        while _before(keys[i], pivot):
+            i += 1
+        j -= 1
+        while _before(pivot, keys[j]):
+            j -= 1
+        if i >= j:
+            break
+        _swap(keys, idx, carry, i, j)
+    _swap(keys, idx, carry, i, hi - 1)
+    return i
+
+
+@njit(cache=True)
+def _insertion_sort(keys, idx, carry, lo, hi):
+    for i in range(lo + 1, hi + 1):
+        k = keys[i]
+        t = idx[i] if carry else 0
+        j = i - 1
+        while j >= lo and _before(k, keys[j]):
+            keys[j + 1] = keys[j]
+            if carry:
+                idx[j + 1] = idx[j]
+            j -= 1
+        keys[j + 1] = k
+        if carry:
+            idx[j + 1] = t
+
+
+@njit(cache=True)
+def _swap(keys, idx, carry, i, j):
+    keys[i], keys[j] = keys[j], keys[i]
+    if carry:
+        idx[i], idx[j] = idx[j], idx[i]
 
 
 @njit(cache=True)
@@ -354,6 +325,20 @@ def argsort(a):
     idx = np.arange(a.size)
     sort_pairs(keys, idx, True)
     return idx
+
+
+@njit(cache=True)
+def median_inplace(a):
+    """``numpy.median`` of a 1-D array without NaN (the mean of the two middle values for an even
+    count), reordering it: :func:`select_inplace`, not numba's ``np.median``."""
+    n = a.size
+    upper = select_inplace(a, n // 2)
+    if n % 2:
+        return upper
+    lower = a[0]
+    for i in range(1, n // 2):  # the largest of the n // 2 smallest
+        lower = max(lower, a[i])
+    return (lower + upper) / 2
 
 
 @njit(cache=True)
