@@ -262,6 +262,12 @@ def test_correlation_shares_geometry_and_grey_levels(monkeypatch):
         C.correlation(labels, pixels[:2], channels=(real_channel(other, pixels[0]), real_channel(labels, pixels[1])))
     with pytest.raises(ValueError, match="scale_max"):
         C.correlation(labels, pixels[:2], channels=(real_channel(labels, pixels[0]), real_channel(labels, pixels[1])), scale_max=4095)
+    with pytest.raises(ValueError, match="thr"):
+        C.correlation(labels, pixels[:2], channels=(real_channel(labels, pixels[0]), real_channel(labels, pixels[1])), thr=30)
+    other_thr = measure_objects({"Nuclei": labels}, pixels, ["a", "b", "c"], families=["Correlation"], options={"Correlation": {"thr": 30}})
+    np.testing.assert_array_equal(
+        other_thr["Nuclei_Correlation_Manders_b_c_1"].to_numpy(), C.correlation(labels, pixels[[1, 2]], thr=30)["Correlation_Manders_{image}_1"].astype(np.float32)
+    )
 
 
 def test_pair_view_is_the_two_planes_without_a_copy():

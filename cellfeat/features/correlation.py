@@ -21,11 +21,14 @@ channel is in (:func:`channel_in_objects`; the orchestrator shares it), as CellP
 them, and ranked there: where a channel's values are grey levels ``k / scale_max`` (an 8- or
 16-bit file divided by its maximum, possibly rounded to float32 on loading) they are taken as
 exactly ``k / scale_max`` in float64, CellProfiler's values; other values as given, in float64.
-The pair kernel computes everything from them: two-pass means/variances; the dense ranks (from
-the grey levels, else one argsort per channel and object); and in Costes' search, one
-branch-free pass of exact integer sums of the levels per bisection step, whose background r is
-judged by its exact sign (two float passes where the values are not levels). It matches cp_measure run on CellProfiler's float64 values to rounding (~1e-12
-relative). (Before 2026-12-05 the float32-rounded values were used as they were: Costes'
+What a channel needs alone is computed there too, once: per object the dense ranks (from the
+grey levels, else one argsort), the mean and centred sum of squares (two passes, as
+``numpy.corrcoef``), the threshold at ``thr`` percent of the maximum and the sum above it. A pair
+then takes one pass for Pearson's covariance and the thresholded coefficients, and Costes'
+search (:mod:`cellfeat.features.costes`) one branch-free pass of exact integer sums of the levels
+per bisection step, whose background r is judged by its exact sign (two float passes where the
+values are not levels). It matches cp_measure run on CellProfiler's float64 values to rounding
+(~1e-12 relative). (Before 2026-12-05 the float32-rounded values were used as they were: Costes'
 thresholds then cut between a level and its float32 rounding, and on 3 real sites
 30-53% of the nuclei's Costes values differed from CellProfiler's.)
 
@@ -44,6 +47,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from cellfeat.features.costes import costes
 from cellfeat.features.primitives import argsort, as_labels, layout
 
 FEATURES = (
@@ -87,18 +91,21 @@ def correlation(
         if levels is None:
             levels = (None, None)
         channels = tuple(
-            channel_in_objects(labels, pixels[c], scale_max=scale_max, geometry=geometry, levels=levels[c]) for c in (0, 1)
+            channel_in_objects(labels, pixels[c], scale_max=scale_max, thr=thr, geometry=geometry, levels=levels[c])
+            for c in (0, 1)
         )
     first, second = channels
     if first.scale_max != int(scale_max) or second.scale_max != int(scale_max):
         raise ValueError(f"channels were gathered at scale_max {first.scale_max} / {second.scale_max}, not {scale_max}")
+    if first.thr != float(thr) or second.thr != float(thr):
+        raise ValueError(f"channels were gathered for thr {first.thr} / {second.thr}, not {thr}")
     offsets = first.offsets
     n = int(labels.max(initial=0))
     if second.offsets is not offsets and not np.array_equal(second.offsets, offsets) or offsets.size - 1 != n:
         raise ValueError("channels were gathered for other labels; compute them with channel_in_objects(labels, plane)")
     both_levels = first.levels and second.levels
-    values = _colocalization(offsets, float(thr), int(scale_max), first.values, first.codes, first.ranks, first.top,
-                             second.values, second.codes, second.ranks, second.top, both_levels)  # fmt: skip
+    values = _colocalization(offsets, int(scale_max), first.values, first.codes, first.ranks, first.top, first.stats,
+                             second.values, second.codes, second.ranks, second.top, second.stats, both_levels)  # fmt: skip
     return {_key(name): np.ascontiguousarray(values[:, i]) for i, name in enumerate(FEATURES)}
 
 
@@ -106,19 +113,23 @@ class ObjectChannel(NamedTuple):
     """One channel's pixels inside a compartment's objects, in segment order (object by object,
     raster order within an object; object ``k`` at ``offsets[k]:offsets[k + 1]``): the values as
     CellProfiler holds them, their grey-level codes (where ``levels``: the values are exactly
-    ``code / scale_max``), dense ranks within each object and each object's top rank."""
+    ``code / scale_max``), dense ranks within each object and each object's top rank; and what
+    every pair needs of this channel alone, per object: the mean, the centred sum of squares,
+    ``thr`` percent of the maximum and the sum of the values at or above it."""
 
     offsets: np.ndarray
     values: np.ndarray
     codes: np.ndarray
     ranks: np.ndarray
     top: np.ndarray
+    stats: np.ndarray  # (n, 4): mean, sum (v - mean)**2, thr / 100 * max, sum of v >= that
     levels: bool
     scale_max: int
+    thr: float
 
 
 def channel_in_objects(
-    labels: np.ndarray, plane: np.ndarray, *, scale_max: int = 255, geometry: tuple | None = None,
+    labels: np.ndarray, plane: np.ndarray, *, scale_max: int = 255, thr: float = 15, geometry: tuple | None = None,
     levels: tuple | None = None, **_ignored,
 ) -> ObjectChannel:
     """What :func:`correlation` needs of one channel in one compartment, the same for every pair
@@ -138,7 +149,8 @@ def channel_in_objects(
     if np.shape(labels) != plane.shape or offsets.size - 1 != int(np.max(labels, initial=0)) or order.size != np.count_nonzero(labels):
         raise ValueError("geometry was computed for other labels; compute it with correlation_geometry(labels)")
     values, seg_codes, ranks, top = _gather(np.ascontiguousarray(plane).ravel(), codes, bool(ok), bool(exact), order, offsets, int(scale_max))
-    return ObjectChannel(offsets, values, seg_codes, ranks, top, bool(exact), int(scale_max))
+    stats = _channel_stats(values, offsets, float(thr))
+    return ObjectChannel(offsets, values, seg_codes, ranks, top, stats, bool(exact), int(scale_max), float(thr))
 
 
 def correlation_geometry(labels: np.ndarray, **_ignored) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +209,39 @@ def _gather(flat, codes, ok, exact, order, offsets, scale):
 
 
 @njit(cache=True, error_model="numpy")
-def _colocalization(offsets, thr, scale, v1, c1, r1, top1, v2, c2, r2, top2, both_levels):
+def _channel_stats(values, offsets, thr):
+    """Per object: the mean, the centred sum of squares (two passes, as ``numpy.corrcoef``),
+    ``thr`` percent of the maximum and the sum of the values at or above it (cp_measure's
+    ``_*_pair``)."""
+    n = offsets.size - 1
+    out = np.full((n, 4), np.nan)
+    for obj in range(n):
+        s, e = offsets[obj], offsets[obj + 1]
+        if e == s:
+            continue
+        mean = 0.0
+        vmax = values[s]
+        for k in range(s, e):
+            mean += values[k]
+            vmax = max(vmax, values[k])
+        mean /= e - s
+        ss = 0.0
+        above = 0.0
+        cut = (thr / 100) * vmax
+        for k in range(s, e):
+            d = values[k] - mean
+            ss += d * d
+            if values[k] >= cut:
+                above += values[k]
+        out[obj, 0] = mean
+        out[obj, 1] = ss
+        out[obj, 2] = cut
+        out[obj, 3] = above
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def _colocalization(offsets, scale, v1, c1, r1, top1, st1, v2, c2, r2, top2, st2, both_levels):
     n = offsets.size - 1
     out = np.full((n, 11), np.nan)
     for obj in range(n):
@@ -207,12 +251,11 @@ def _colocalization(offsets, thr, scale, v1, c1, r1, top1, v2, c2, r2, top2, bot
             continue
         a = v1[s:e]
         b = v2[s:e]
-        out[obj, 0], out[obj, 1] = _pearson(a, b)
-        _thresholded(a, b, r1[s:e], r2[s:e], max(top1[obj], top2[obj]) + 1, thr, out[obj])
+        _pair_features(a, b, r1[s:e], r2[s:e], max(top1[obj], top2[obj]) + 1, st1[obj], st2[obj], out[obj])
         if both_levels and float(m) * m * scale * scale < 2.0**62:  # integer sums cannot overflow
-            out[obj, 9], out[obj, 10] = _costes(a, b, scale, c1[s:e], c2[s:e])
+            out[obj, 9], out[obj, 10] = costes(a, b, scale, c1[s:e], c2[s:e])
         else:
-            out[obj, 9], out[obj, 10] = _costes(a, b, scale, c1[s:s], c2[s:s])
+            out[obj, 9], out[obj, 10] = costes(a, b, scale, c1[s:s], c2[s:s])
     return out
 
 
@@ -242,37 +285,6 @@ def _level_codes(flat, scale):
             return codes, False, False
         codes[i] = ci
     return codes, True, levels
-
-
-@njit(cache=True, error_model="numpy")
-def _pearson(fi, si):
-    """``numpy.corrcoef(fi, si)[0, 1]`` (clipped to [-1, 1]) and ``cov / var(fi)``, ddof=1."""
-    m = fi.size
-    mx = 0.0
-    my = 0.0
-    for k in range(m):
-        mx += fi[k]
-        my += si[k]
-    mx /= m
-    my /= m
-    sxx = 0.0
-    syy = 0.0
-    sxy = 0.0
-    for k in range(m):
-        dx = fi[k] - mx
-        dy = si[k] - my
-        sxx += dx * dx
-        syy += dy * dy
-        sxy += dx * dy
-    cxx = sxx / (m - 1)
-    cyy = syy / (m - 1)
-    cov = sxy / (m - 1)
-    r = cov / np.sqrt(cxx) / np.sqrt(cyy)
-    if r > 1.0:
-        r = 1.0
-    elif r < -1.0:
-        r = -1.0
-    return r, cov / cxx
 
 
 @njit(cache=True, error_model="numpy")
@@ -312,30 +324,16 @@ def _dense_ranks(v, codes, present, ranks):
 
 
 @njit(cache=True, error_model="numpy")
-def _thresholded(fi, si, r1, r2, R, thr, row):
-    """Overlap, K1, K2, M1, M2, RWC1, RWC2 into ``row[2:9]`` (cp_measure's ``_*_pair``)."""
+def _pair_features(fi, si, r1, r2, R, st1, st2, row):
+    """Pearson's r and the slope (``numpy.corrcoef``'s, clipped to [-1, 1]; ddof=1) and Overlap,
+    K1, K2, M1, M2, RWC1, RWC2 (cp_measure's ``_*_pair``) into ``row[0:9]``, in one pass over
+    the pair: each channel's mean, centred sum of squares, maximum and thresholded sum come from
+    :func:`_channel_stats` (the same sums in the same order as computing them here)."""
     m = fi.size
-    fmax = fi[0]
-    smax = si[0]
-    for k in range(m):
-        fmax = max(fmax, fi[k])
-        smax = max(smax, si[k])
-    tff = (thr / 100) * fmax
-    tss = (thr / 100) * smax
+    mx, sxx, tff, tot_fi = st1[0], st1[1], st1[2], st1[3]
+    my, syy, tss, tot_si = st2[0], st2[1], st2[2], st2[3]
+    sxy = 0.0
     any_combined = False
-    tot_fi = 0.0
-    tot_si = 0.0
-    for k in range(m):
-        if fi[k] >= tff:
-            tot_fi += fi[k]
-        if si[k] >= tss:
-            tot_si += si[k]
-        if fi[k] >= tff and si[k] >= tss:
-            any_combined = True
-    if not any_combined:
-        for i in range(2, 9):
-            row[i] = 0.0
-        return
     fpsq = 0.0
     spsq = 0.0
     prod = 0.0
@@ -344,15 +342,29 @@ def _thresholded(fi, si, r1, r2, R, thr, row):
     w1 = 0.0
     w2 = 0.0
     for k in range(m):
-        if fi[k] >= tff and si[k] >= tss:
-            fpsq += fi[k] * fi[k]
-            spsq += si[k] * si[k]
-            prod += fi[k] * si[k]
-            m1 += fi[k]
-            m2 += si[k]
+        x = fi[k]
+        y = si[k]
+        sxy += (x - mx) * (y - my)
+        if x >= tff and y >= tss:
+            any_combined = True
+            fpsq += x * x
+            spsq += y * y
+            prod += x * y
+            m1 += x
+            m2 += y
             weight = (R - abs(r1[k] - r2[k])) * 1.0 / R
-            w1 += fi[k] * weight
-            w2 += si[k] * weight
+            w1 += x * weight
+            w2 += y * weight
+    cxx = sxx / (m - 1)
+    cyy = syy / (m - 1)
+    cov = sxy / (m - 1)
+    r = cov / np.sqrt(cxx) / np.sqrt(cyy)
+    row[0] = 1.0 if r > 1.0 else (-1.0 if r < -1.0 else r)  # NaN stays NaN
+    row[1] = cov / cxx
+    if not any_combined:
+        for i in range(2, 9):
+            row[i] = 0.0
+        return
     row[2] = prod / np.sqrt(fpsq * spsq)
     row[3] = prod / fpsq
     row[4] = prod / spsq
@@ -360,181 +372,6 @@ def _thresholded(fi, si, r1, r2, R, thr, row):
     row[6] = m2 / tot_si
     row[7] = w1 / tot_fi
     row[8] = w2 / tot_si
-
-
-@njit(cache=True, error_model="numpy")
-def _background_r(fi, si, t1, t2):
-    """Pearson r of the pixels with ``fi < t1 or si < t2`` (NaN: < 3 pixels or a constant channel).
-
-    Two passes (the subset's means, then centred sums), as ``scipy.stats.pearsonr``: the search
-    turns on the sign of r, and a one-pass formula leaves ~1e-13 of noise where r is 0.
-    """
-    m = 0
-    sx = 0.0
-    sy = 0.0
-    xlo = np.inf
-    xhi = -np.inf
-    ylo = np.inf
-    yhi = -np.inf
-    for k in range(fi.size):
-        x = fi[k]
-        y = si[k]
-        if x < t1 or y < t2:
-            m += 1
-            sx += x
-            sy += y
-            xlo = min(xlo, x)
-            xhi = max(xhi, x)
-            ylo = min(ylo, y)
-            yhi = max(yhi, y)
-    if m < 3 or xlo == xhi or ylo == yhi:
-        return np.nan
-    mx = sx / m
-    my = sy / m
-    sxx = 0.0
-    syy = 0.0
-    sxy = 0.0
-    for k in range(fi.size):
-        if fi[k] < t1 or si[k] < t2:
-            dx = fi[k] - mx
-            dy = si[k] - my
-            sxx += dx * dx
-            syy += dy * dy
-            sxy += dx * dy
-    r = sxy / np.sqrt(sxx * syy)
-    return min(1.0, max(-1.0, r))
-
-
-@njit(cache=True, error_model="numpy")
-def _background_sign(fi, si, t1, t2, k1, k2):
-    """The sign of :func:`_background_r` (NaN where it is NaN) from the pixels' grey levels
-    ``k1``, ``k2`` (the values are ``k / scale``, one-to-one): exact integer sums in one
-    branch-free pass. Pearson's r of the subset is ``(m Sxy - Sx Sy) / sqrt(...)`` in the levels;
-    its numerator is an exact integer, so the sign is exact (0 where r is exactly 0, which is
-    what the float passes give too unless their rounding leaves ~1e-17 of either sign)."""
-    m = 0
-    sx = 0
-    sy = 0
-    sxx = 0
-    syy = 0
-    sxy = 0
-    for k in range(fi.size):
-        sel = np.int64((fi[k] < t1) | (si[k] < t2))
-        x = k1[k] * sel
-        y = k2[k] * sel
-        m += sel
-        sx += x
-        sy += y
-        sxx += x * x
-        syy += y * y
-        sxy += x * y
-    if m < 3 or m * sxx == sx * sx or m * syy == sy * sy:  # fewer than 3 pixels, or a constant channel
-        return np.nan
-    num = m * sxy - sx * sy
-    return 1.0 if num > 0 else (-1.0 if num < 0 else 0.0)
-
-
-@njit(cache=True, error_model="numpy")
-def _costes(fi, si, scale, k1, k2):
-    """Costes' coefficients with CellProfiler's "Faster" (bisection) threshold search; where the
-    pixels' grey levels ``k1``, ``k2`` are given (else empty), the search's background r is
-    judged by its exact sign (:func:`_background_sign`)."""
-    levels = k1.size == fi.size
-    m = fi.size
-    if m < 3:
-        return np.nan, np.nan
-    for k in range(m):
-        if not (np.isfinite(fi[k]) and np.isfinite(si[k])):
-            return np.nan, np.nan
-    # orthogonal (Deming) regression of si on fi over the pixels where either is non-zero
-    nz = 0
-    mx = 0.0
-    my = 0.0
-    xlo = np.inf
-    xhi = -np.inf
-    ylo = np.inf
-    yhi = -np.inf
-    for k in range(m):
-        if fi[k] > 0 or si[k] > 0:
-            nz += 1
-            mx += fi[k]
-            my += si[k]
-            xlo = min(xlo, fi[k])
-            xhi = max(xhi, fi[k])
-            ylo = min(ylo, si[k])
-            yhi = max(yhi, si[k])
-    if nz < 3 or xlo == xhi or ylo == yhi:
-        return np.nan, np.nan
-    mx /= nz
-    my /= nz
-    sxx = 0.0
-    syy = 0.0
-    szz = 0.0
-    mzs = 0.0
-    for k in range(m):
-        if fi[k] > 0 or si[k] > 0:
-            mzs += fi[k] + si[k]
-    mzs /= nz
-    for k in range(m):
-        if fi[k] > 0 or si[k] > 0:
-            sxx += (fi[k] - mx) ** 2
-            syy += (si[k] - my) ** 2
-            szz += (fi[k] + si[k] - mzs) ** 2
-    xvar = sxx / (nz - 1)
-    yvar = syy / (nz - 1)
-    zvar = szz / (nz - 1)
-    covar = 0.5 * (zvar - (xvar + yvar))
-    denom = 2 * covar
-    num = (yvar - xvar) + np.sqrt((yvar - xvar) * (yvar - xvar) + 4 * (covar * covar))
-    if abs(covar) <= 8 * np.finfo(np.float64).eps * max(xvar, yvar):
-        return np.nan, np.nan
-    a = num / denom
-    b = my - a * mx
-    if not (np.isfinite(a) and np.isfinite(b)):
-        return np.nan, np.nan
-    left = 1.0
-    right = float(scale)
-    # Python's float ``//`` in cp_measure; np.floor(a / b) equals it for these integer-valued a
-    mid = np.floor((right - left) / (6 / 5)) + left
-    lastmid = 0.0
-    valid = -1.0
-    iterations = 0
-    while lastmid != mid:
-        iterations += 1
-        if iterations > 256:
-            return np.nan, np.nan
-        t1 = mid / scale
-        t2 = (a * t1) + b
-        r = _background_sign(fi, si, t1, t2, k1, k2) if levels else _background_r(fi, si, t1, t2)
-        if not np.isfinite(r) or r < 0:
-            left = mid - 1
-        else:
-            right = mid + 1
-            valid = mid
-        lastmid = mid
-        divisor = 6 / 5 if right - left > 6 else 2.0
-        mid = np.floor((right - left) / divisor) + left
-    if valid < 0:
-        return np.nan, np.nan
-    t1 = (valid - 1) / scale
-    t2 = (a * t1) + b
-    if not np.isfinite(_background_sign(fi, si, t1, t2, k1, k2) if levels else _background_r(fi, si, t1, t2)):
-        return np.nan, np.nan
-    above1 = 0.0
-    above2 = 0.0
-    tot1 = 0.0
-    tot2 = 0.0
-    for k in range(m):
-        if fi[k] > t1 and si[k] > t2:
-            above1 += fi[k]
-            above2 += si[k]
-        if fi[k] >= t1:
-            tot1 += fi[k]
-        if si[k] >= t2:
-            tot2 += si[k]
-    if tot1 <= 0 or tot2 <= 0:
-        return np.nan, np.nan
-    return above1 / tot1, above2 / tot2
 
 
 # ---------------------------------------------------------------------------------------------
