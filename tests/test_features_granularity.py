@@ -138,9 +138,12 @@ def test_shared_reconstructions_give_the_same_numbers():
     labels, pixels = synthetic()
     shared = granular_reconstructions(pixels)
     assert shared.shape == (16, 16, 20)
+    assert shared.transpose(1, 2, 0).flags.c_contiguous  # a pixel's steps side by side, as the means read them
     for lab in (labels, np.where(labels == 2, 0, labels)):
         mine = granularity(lab, pixels, reconstructions=shared)
+        plain = granularity(lab, pixels, reconstructions=np.ascontiguousarray(shared))  # (steps, h, w) in C order works too
         for key, values in granularity(lab, pixels).items():
             np.testing.assert_array_equal(mine[key], values, err_msg=key)
+            np.testing.assert_array_equal(plain[key], values, err_msg=key)
     with pytest.raises(ValueError, match="granular_reconstructions"):
         granularity(labels, pixels, reconstructions=shared[:5])

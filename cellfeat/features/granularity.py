@@ -90,8 +90,9 @@ def granularity(
             f"and these settings; compute it with granular_reconstructions(pixels, ...) using the same settings"
         )
     _, _, order, offsets, indptr, indices, weights = geometry
-    recs = np.ascontiguousarray(reconstructions, np.float64)
-    spectrum = _object_spectrum(pixels, recs, order, offsets, indptr, indices, weights)
+    by_pixel = np.asarray(reconstructions, np.float64).transpose(1, 2, 0)  # (h, w, steps): a view for ours
+    by_pixel = np.ascontiguousarray(by_pixel).reshape(-1, granular_spectrum_length)
+    spectrum = _object_spectrum(pixels, by_pixel, order, offsets, indptr, indices, weights)
     return {k: np.ascontiguousarray(spectrum[:, i]) for i, k in enumerate(keys)}
 
 
@@ -137,10 +138,13 @@ def granular_reconstructions(
     element_size: int = 10,
     granular_spectrum_length: int = 16,
 ) -> np.ndarray:
-    """Steps 1-3 without the labels: the ``(granular_spectrum_length, h, w)`` reconstructions."""
+    """Steps 1-3 without the labels: the ``(granular_spectrum_length, h, w)`` reconstructions,
+    held step-minor in memory (a transposed view of ``(h, w, steps)``: a pixel's steps side by
+    side, as :func:`granularity` reads them)."""
     small = background_free(pixels, subsample_size, image_sample_size, element_size)
     order = np.argsort(small, axis=None)  # numpy's sort is several times faster than numba's
-    return reconstructions_by_steps(small, order, granular_spectrum_length)
+    h, w = small.shape
+    return reconstructions_by_steps(small, order, granular_spectrum_length).reshape(h, w, -1).transpose(2, 0, 1)
 
 
 def background_free(
@@ -318,32 +322,33 @@ def _nonzero(indptr, indices, weights):
 
 
 @njit(cache=True, error_model="numpy")
-def _object_spectrum(pixels, recs, order, offsets, indptr, indices, weights):
-    """Each object's mean of every reconstruction restored to the original grid, differenced."""
-    ng = recs.shape[0]
+def _object_spectrum(pixels, by_pixel, order, offsets, indptr, indices, weights):
+    """Each object's mean of every reconstruction restored to the original grid, differenced:
+    ``by_pixel`` is ``(h * w, steps)``, so one pass over an object's operator sums every step."""
+    ng = by_pixel.shape[1]
     n = offsets.size - 1
     out = np.empty((n, ng))
     if n == 0:
         return out
-    current = np.empty(n)
-    start = np.empty(n)
     flat = pixels.ravel()
+    acc = np.empty(ng)
     for obj in range(n):
         s = 0.0
         for k in range(offsets[obj], offsets[obj + 1]):
             s += np.float64(flat[order[k]])
-        current[obj] = s / (offsets[obj + 1] - offsets[obj])  # NaN for a label with no pixels
-        start[obj] = max(current[obj], EPS)
-    for step in range(ng):
-        rec = recs[step].ravel()
-        for obj in range(n):
-            count = offsets[obj + 1] - offsets[obj]
-            s = 0.0
-            for t in range(indptr[obj], indptr[obj + 1]):
-                s += weights[t] * rec[indices[t]]
-            new = s / count
-            out[obj, step] = (current[obj] - new) * 100 / start[obj]
-            current[obj] = new
+        count = offsets[obj + 1] - offsets[obj]
+        current = s / count  # NaN for a label with no pixels
+        start = max(current, EPS)
+        acc[:] = 0.0
+        for t in range(indptr[obj], indptr[obj + 1]):
+            idx = indices[t]
+            wt = weights[t]
+            for step in range(ng):
+                acc[step] += wt * by_pixel[idx, step]
+        for step in range(ng):
+            new = acc[step] / count
+            out[obj, step] = (current - new) * 100 / start
+            current = new
     return out
 
 

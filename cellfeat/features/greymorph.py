@@ -184,13 +184,15 @@ def reconstruct_max_tree(order, parent, mask, seed, submax, out):
 
 @njit(cache=True, error_model="numpy")
 def reconstructions_by_steps(small, order, ng):
-    """``ng`` times: erode by the cross, reconstruct under ``small``; returns ``(ng, h, w)``.
+    """``ng`` times: erode by the cross, reconstruct under ``small``; returns ``(h * w, ng)``,
+    the steps of a pixel side by side (what the per-object averages read together).
 
     The max-tree of ``small`` (``order``: its pixels sorted by value) is built once; each step
     is then two linear passes over it.
     """
     h, w = small.shape
-    out = np.empty((ng, h, w))
+    out = np.empty((h * w, ng))
+    rec = np.empty(h * w)
     flat = small.ravel().copy()
     parent = max_tree(order, h, w)
     ero = flat.copy()
@@ -200,5 +202,7 @@ def reconstructions_by_steps(small, order, ng):
         erode_cross(ero, nxt, h, w)
         ero, nxt = nxt, ero
         # the seed is ero itself: erosion never exceeds the image it erodes, so ero <= small
-        reconstruct_max_tree(order, parent, flat, ero, submax, out[step].ravel())
+        reconstruct_max_tree(order, parent, flat, ero, submax, rec)
+        for p in range(h * w):
+            out[p, step] = rec[p]
     return out
