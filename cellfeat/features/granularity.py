@@ -62,9 +62,8 @@ def granularity(
     labels, pixels = _check(labels, pixels)
     n = int(labels.max(initial=0))
     keys = [f"Granularity_{k}_{{image}}" for k in range(1, granular_spectrum_length + 1)]
-    shape = np.array(pixels.shape)
-    new_shape = (shape * subsample_size).astype(int) if subsample_size < 1 else shape
-    if (new_shape < 2).any():  # cp_measure returns NaN where bilinear sampling cannot work
+    new_shape = _subsampled_shape(pixels.shape, subsample_size)
+    if new_shape is None:  # cp_measure returns NaN where bilinear sampling cannot work
         return {k: np.full(n, np.nan) for k in keys}
     if n == 0:
         return {k: np.empty(0) for k in keys}
@@ -103,13 +102,12 @@ def granularity_geometry(labels: np.ndarray, *, subsample_size: float = 0.25, **
     then average" operator on the subsampled grid (its non-zero weights, CSR). None where the
     image is too small to subsample (granularity gives NaN there)."""
     labels = as_labels(labels)
-    shape = np.array(labels.shape)
-    new_shape = (shape * subsample_size).astype(int) if subsample_size < 1 else shape
-    if (new_shape < 2).any():
+    new_shape = _subsampled_shape(labels.shape, subsample_size)
+    if new_shape is None:
         return None
     lay = layout(labels)  # the compartment's, shared with the other families
     order, offsets = lay.order, lay.offsets
-    ri, ci = _upsample_axes(shape, new_shape)
+    ri, ci = _upsample_axes(np.array(labels.shape), new_shape)
     operator = _nonzero(*_object_operator(order, offsets, labels.shape[1], ri, ci, int(new_shape[0]), int(new_shape[1])))
     return (labels.shape, subsample_size, order, offsets, *operator)
 
@@ -122,10 +120,7 @@ def reconstructions_for(pixels: np.ndarray, **settings) -> np.ndarray | None:
     pixels = np.asarray(pixels)
     if not np.issubdtype(pixels.dtype, np.floating):
         pixels = pixels.astype(np.float64)
-    subsample_size = settings.get("subsample_size", 0.25)
-    shape = np.array(pixels.shape)
-    new_shape = (shape * subsample_size).astype(int) if subsample_size < 1 else shape
-    if (new_shape < 2).any():
+    if _subsampled_shape(pixels.shape, settings.get("subsample_size", 0.25)) is None:
         return None
     return granular_reconstructions(np.ascontiguousarray(pixels), **settings)
 
@@ -188,6 +183,14 @@ def _check(labels, pixels):
     if not np.issubdtype(pixels.dtype, np.floating):
         pixels = pixels.astype(np.float64)
     return labels, np.ascontiguousarray(pixels)
+
+
+def _subsampled_shape(shape: tuple[int, ...], subsample_size: float) -> np.ndarray | None:
+    """The image's shape after subsampling by ``subsample_size`` (as cp_measure truncates it), or
+    None where a side would be under 2 pixels (bilinear sampling cannot work: NaN features)."""
+    shape = np.array(shape)
+    new_shape = (shape * subsample_size).astype(int) if subsample_size < 1 else shape
+    return None if (new_shape < 2).any() else new_shape
 
 
 def _upsample_axes(shape, new_shape):

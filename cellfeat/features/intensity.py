@@ -97,24 +97,25 @@ def _edge_in_order(edge, order):
 
 
 @njit(cache=True)
-def _hist_quartiles(hist, lut, n, legacy, b0, scratch):
-    """Lower quartile, median and upper quartile from one walk over the histogram. ``scratch``:
-    an int64 array of 12 (the six ranks wanted and their order; no allocation per object)."""
-    want = scratch[:6]
-    order = scratch[6:]
+def _hist_quartiles(hist, lut, n, legacy, b0, ranks, got):
+    """Lower quartile, median and upper quartile from one walk over the histogram. Scratch (no
+    allocation per object): ``ranks``, int64 of 12 (the six ranks wanted, then their order);
+    ``got``, float64 of 9 (the six values found, then the three interpolation fractions)."""
+    want = ranks[:6]
+    order = ranks[6:]
     for q in range(3):
         f = 0.25 * (q + 1)
         pos = n * f if legacy else (n - 1) * f
         lo = min(int(pos), n - 1)
         want[2 * q] = lo
         want[2 * q + 1] = min(lo + 1, n - 1)
+        got[6 + q] = pos - lo
     for t in range(6):  # the six ranks in increasing order (not sorted as listed for tiny objects)
         order[t] = t
         j = t
         while j > 0 and want[order[j - 1]] > want[order[j]]:
             order[j - 1], order[j] = order[j], order[j - 1]
             j -= 1
-    g0 = g1 = g2 = g3 = g4 = g5 = 0.0
     seen = 0
     t = 0
     for b in range(b0, hist.size):
@@ -122,34 +123,15 @@ def _hist_quartiles(hist, lut, n, legacy, b0, scratch):
             continue
         seen += hist[b]
         while t < 6 and seen > want[order[t]]:
-            slot = order[t]
-            v = lut[b]
-            if slot == 0:
-                g0 = v
-            elif slot == 1:
-                g1 = v
-            elif slot == 2:
-                g2 = v
-            elif slot == 3:
-                g3 = v
-            elif slot == 4:
-                g4 = v
-            else:
-                g5 = v
+            got[order[t]] = lut[b]
             t += 1
         if t == 6:
             break
-    f0 = _rank_fraction(n, 0.25, legacy)
-    f1 = _rank_fraction(n, 0.5, legacy)
-    f2 = _rank_fraction(n, 0.75, legacy)
-    return g0 * (1.0 - f0) + g1 * f0, g2 * (1.0 - f1) + g3 * f1, g4 * (1.0 - f2) + g5 * f2
-
-
-@njit(cache=True)
-def _rank_fraction(n, f, legacy):
-    """How far quantile ``f``'s position lies past its lower rank (see ``sorted_quantile``)."""
-    pos = n * f if legacy else (n - 1) * f
-    return pos - min(int(pos), n - 1)
+    return (
+        got[0] * (1.0 - got[6]) + got[1] * got[6],
+        got[2] * (1.0 - got[7]) + got[3] * got[7],
+        got[4] * (1.0 - got[8]) + got[5] * got[8],
+    )
 
 
 @njit(cache=True)
@@ -226,7 +208,8 @@ def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
     out = np.full((n, 19), np.nan)
     hist = np.zeros(lut.size, np.int64)
     ehist = np.zeros(lut.size, np.int64)
-    scratch = np.empty(12, np.int64)
+    ranks = np.empty(12, np.int64)  # _hist_quartiles' scratch
+    got = np.empty(9)
     for k in range(n):
         s, e = offsets[k], offsets[k + 1]
         if s == e:
@@ -278,7 +261,7 @@ def _levels_kernel(codes, lut, edge_seg, order, offsets, rows, cols, legacy):
             esd2 += eb * (d * d)
             emin = min(emin, b if eb else cmax)
             emax = max(emax, b if eb else cmin)
-        lq, med, uq = _hist_quartiles(hist, lut, cnt, legacy, cmin, scratch)
+        lq, med, uq = _hist_quartiles(hist, lut, cnt, legacy, cmin, ranks, got)
         mad = _hist_mad(hist, lut, cnt, med, legacy, cmin)
         hist[cmin : cmax + 1] = 0
         ehist[cmin : cmax + 1] = 0

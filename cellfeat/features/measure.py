@@ -40,7 +40,7 @@ def _load_families(names: Sequence[str] | None) -> list[tuple[str, Inputs, objec
     return loaded
 
 
-def _padded(values: np.ndarray, n_rows: int) -> np.ndarray:
+def _column(values: np.ndarray, n_rows: int) -> np.ndarray:
     """A family's column as it goes into the table: checked here, padded with NaN to ``n_rows``
     objects (and cast to float32) when the table is built."""
     values = np.asarray(values)
@@ -102,7 +102,7 @@ def measure_objects(
                 if name == "Neighbors" and compartment not in NEIGHBOR_COMPARTMENTS:
                     continue
                 for key, values in function(labels, None, **kwargs).items():
-                    columns[f"{compartment}_{key}"] = _padded(values, n_rows)
+                    columns[f"{compartment}_{key}"] = _column(values, n_rows)
                 continue
             shared_labels, shared_plane = family.shared("per_labels"), family.shared("per_plane")
             if shared_labels is not None:  # the same for every channel or pair
@@ -116,12 +116,12 @@ def measure_objects(
                         if plane_work(name, compute, c, kwargs) is not None:
                             call = {**kwargs, keyword: plane_work(name, compute, c, kwargs)}
                     for key, values in function(labels, pixels[c], **call).items():
-                        columns[f"{compartment}_{key.format(image=channel)}"] = _padded(values, n_rows)
+                        columns[f"{compartment}_{key.format(image=channel)}"] = _column(values, n_rows)
             else:
                 shared_channel = family.shared("per_channel")
                 in_objects = []  # each channel's per_channel work in this compartment, for every pair it is in
                 if shared_channel is not None:
-                    compute, keyword = shared_channel
+                    compute = shared_channel[0]
                     planes = [{} if shared_plane is None else {shared_plane[1]: plane_work(name, shared_plane[0], c, kwargs)}
                               for c in range(len(channels))]  # fmt: skip
                     in_objects = [compute(labels, pixels[c], **kwargs, **planes[c]) for c in range(len(channels))]
@@ -134,7 +134,7 @@ def measure_objects(
                         compute, keyword = shared_plane
                         call = {**kwargs, keyword: (plane_work(name, compute, i, kwargs), plane_work(name, compute, j, kwargs))}
                     for key, values in function(labels, _pair_view(pixels, i, j), **call).items():
-                        columns[f"{compartment}_{key.format(image=image)}"] = _padded(values, n_rows)
+                        columns[f"{compartment}_{key.format(image=image)}"] = _column(values, n_rows)
     return _table(columns, n_rows)
 
 
