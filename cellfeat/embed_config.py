@@ -99,7 +99,61 @@ class EmbedConfig:
             raise EmbedError("the embedder needs one [r, g, b] colour per channel; got none")
         from cellfeat.embed import Embedder, build_backbone
 
+        name = self.name or backbone_label(self.backbone)
+        trained = self.trained()
+        if trained is not None:
+            name = self.name or f"{backbone_label(trained['backbone'])}T{trained['fingerprint']}"
         module = build_backbone(self.backbone, self.weights or None, n_channels=len(colors), channels=self.channels,
                                 colors=colors)  # fmt: skip
-        return Embedder(module, name=self.name or backbone_label(self.backbone), device=self.device,
-                        batch_size=self.batch_size, precision=self.precision)
+        return Embedder(module, name=name, device=self.device, batch_size=self.batch_size, precision=self.precision)
+
+    def trained(self) -> dict | None:
+        """What a ``cellfeat train-embedder`` weights file in ``weights`` was trained on (its info,
+        plus its ``fingerprint``), checked against these settings; None for any other weights.
+        Its crops must be made as it was trained: the same crop size, normalization and masking."""
+        if not self.weights or self.backbone != DEFAULT_BACKBONE:
+            return None
+        from cellfeat.embed_train import fingerprint, trained_info
+
+        info = trained_info(self.weights)
+        if info is None:
+            return None
+        made = {"crop_size": self.crop_size, "normalization": self.normalization.value, "mask_outside": self.mask_outside}
+        differ = {k: (info.get(k), v) for k, v in made.items() if info.get(k) != v}
+        if differ:
+            listing = ", ".join(f"{k} = {v!r} here, {t!r} in training" for k, (t, v) in differ.items())
+            raise EmbedError(f"[embed] weights = {self.weights} was trained on crops made otherwise ({listing}); "
+                             "set these [embed] keys as in training, or train an embedder with these settings")  # fmt: skip
+        return {**info, "fingerprint": fingerprint(self.weights)}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How ``cellfeat train-embedder`` trains (:mod:`cellfeat.embed_train`); the crops themselves
+    follow the ``[embed]`` settings, as ``extract`` makes them."""
+
+    epochs: int = 6
+    batch_size: int = 0  # 0 = 64 on a CPU, 512 on a GPU
+    lr: float = 1e-3  # AdamW's peak learning rate (after a warm-up of at most one epoch, cosine decay)
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    jitter: float = 0.1  # per-channel intensity jitter (log-scale and shift, in standard deviations)
+    patience: int = 2  # epochs without a better validation score before stopping; 0 = never stop early
+    cells_per_site: int = 0  # crops taken from a site at most (chosen at random, seeded); 0 = all
+    max_minutes: float = 0.0  # stop after the epoch that passes this much training time; 0 = no limit
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # PRECISIONS: "auto" = bf16 autocast on a GPU, fp32 on the CPU
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "patience", "cells_per_site", "seed"):
+            value = getattr(self, key)
+            least = 1 if key == "epochs" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise EmbedError(f"train-embedder {key} must be an integer of at least {least}, got {value!r}")
+        for key in ("lr", "weight_decay", "label_smoothing", "jitter", "max_minutes"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise EmbedError(f"train-embedder {key} must be a non-negative number, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise EmbedError(f"train-embedder precision must be one of {PRECISIONS}, got {self.precision!r}")

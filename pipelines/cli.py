@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("pipelines.show", "render one 6-channel site as an RGB composite PNG"),
     "segment": ("pipelines.segment", "segment sites into nuclei, cells and cytoplasm label images (classical or Cellpose)"),
     "extract": ("pipelines.extract", "images -> per-cell and per-well Parquet tables for one experiment (resumable batch job)"),
+    "train-embedder": ("pipelines.train_embedder", "train the crop CNN on labelled experiments' cells (weakly supervised), for extract's [embed] weights"),
     "fit": ("pipelines.fit", "normalize well profiles per plate and train the siRNA classifier, validated across experiments"),
     "submit": ("pipelines.submit", "per-well siRNA probabilities -> Kaggle submission, with plate-group assignment"),
     "normalize": ("pipelines.normalize", "any profile table normalized per plate against its controls, features selected, batches sphered"),
@@ -101,6 +102,30 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--skip-bad", action="store_true", help="record unreadable sites in failures/{experiment}.csv and go on")
     p.add_argument("--overwrite", action="store_true", help="redo the selected plates even if finished")
+
+
+def _add_train_embedder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="RxRx1: the folder holding train/ and test/ (Kaggle) or images/ (rxrx.ai)")
+    p.add_argument("--load-data", metavar="CSV", help="instead: CellProfiler's LoadData CSV")
+    p.add_argument("--metadata", help="RxRx1 metadata folder or CSV (the wells' labels); with --load-data a plate map")
+    p.add_argument("--experiments", required=True, help="comma-separated training experiments, e.g. HUVEC-01,HUVEC-02")
+    p.add_argument("--validate-experiments", default="",
+                   help="comma-separated held-out experiments: scored every epoch, they pick the epoch kept and stop "
+                        "training early (never trained on)")
+    p.add_argument("--label", default="Metadata_Sirna", help="the wells' label column (default Metadata_Sirna)")
+    p.add_argument("--config", help="TOML config: [embed] and [segment] as extract reads them, [train_embedder] for training")
+    p.add_argument("--out", required=True, help="folder for weights.pth, config.json and checkpoint.pth (a rerun resumes)")
+    p.add_argument("--epochs", type=int, help="training epochs (default from [train_embedder], 6)")
+    p.add_argument("--batch-size", type=int, help="crops a step (default 64 on a CPU, 512 on a GPU)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--cells-per-site", type=int, help="at most this many crops a site, chosen at random (default: all)")
+    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this much training time")
+    p.add_argument("--patience", type=int, help="epochs without a better held-out score before stopping (0: never)")
+    p.add_argument("--seed", type=int, help="random seed (default 0); the same seed gives the same weights on a CPU")
+    p.add_argument("--segmenter", choices=SEGMENTER_CHOICES, help="default from config (auto)")
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for the crops; torch threads on a CPU (default 1)")
+    p.add_argument("--skip-bad", action="store_true", help="skip sites that cannot be read (logged)")
 
 
 def _add_fit(p: argparse.ArgumentParser) -> None:
@@ -202,7 +227,8 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", help="page to write, PNGs beside it (default OUT/report/index.html)")
 
 
-ADDERS = {"demo": _add_demo, "synth": _add_synth, "show": _add_show, "segment": _add_segment, "extract": _add_extract, "fit": _add_fit,
+ADDERS = {"demo": _add_demo, "synth": _add_synth, "show": _add_show, "segment": _add_segment, "extract": _add_extract,
+          "train-embedder": _add_train_embedder, "fit": _add_fit,
           "submit": _add_submit, "normalize": _add_normalize, "evaluate": _add_evaluate, "report": _add_report}
 
 

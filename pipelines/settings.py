@@ -31,7 +31,7 @@ DEVICE_STAGES = ("auto", "main", "workers")
 AGGREGATES = ("median", "mean")
 FIT_SITES = ("rows", "mean")
 # the tables a config may have, and the keys of those that hold plain keys (sub-tables are checked where parsed)
-TABLES = ("channels", "composite", "segment", "features", "extract", "embed", "fit")
+TABLES = ("channels", "composite", "segment", "features", "extract", "embed", "fit", "train_embedder")
 CHANNEL_KEYS = ("order", "use", "nuclei", "colors")
 # composite colours of channels a config gives none for, in order: RxRx1's six, then grey and orange
 DEFAULT_COLORS = ((19, 0, 249), (42, 255, 31), (255, 0, 25), (45, 255, 252), (250, 0, 253), (254, 255, 0),

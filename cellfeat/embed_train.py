@@ -1,0 +1,308 @@
+"""Train the crop CNN on the experiments' own labels: weakly supervised single-cell embeddings.
+
+An ImageNet network sees Cell Painting crops as odd photographs; the networks that did well on
+RxRx1, and image-based profiling's weakly supervised embedders, were trained to tell the
+treatments apart from single-cell crops and then used as feature extractors. This module does
+that with the crops ``extract`` makes (:func:`cellfeat.crops.cell_crops`, normalized as
+``extract`` normalizes them):
+
+* :class:`CropSet`: crops ``(N, C, s, s)`` float16 with each crop's label, experiment and well;
+* :func:`train_embedder`: the configured backbone (ImageNet-initialised, its stem adapted to the
+  channels as :mod:`cellfeat.embed` adapts it) plus a linear head, trained with cross-entropy
+  on the labels, augmented for microscopy (flips, 90-degree rotations, per-channel intensity
+  jitter), AdamW with a warm-up then cosine learning rate, mixed precision on a GPU. After every
+  epoch a checkpoint; a run whose checkpoint is there resumes from it. With validation crops
+  (other experiments) it reports their per-cell and per-well top-1 after every epoch, keeps the
+  best epoch's weights and stops early when they stop improving.
+* :func:`save_trained` / :func:`trained_info`: the weights file ``extract`` loads through
+  ``[embed] weights``, carrying what the network was trained on (its experiments), so a table
+  never hides that its embedder saw an experiment it is evaluated on.
+
+Deterministic for a seed on the CPU (same thread count): the shuffles and augmentations come from
+seeded generators and torch's deterministic algorithms are asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cellfeat.device import resolve_device, resolve_precision
+from cellfeat.embed_config import ChannelMode, EmbedError, TrainSettings
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # of the weights file's "cellfeat_embedder" record
+INFO_KEY = "cellfeat_embedder"
+
+
+@dataclass
+class CropSet:
+    """Normalized crops and what each shows: ``crops (N, C, s, s)`` float16, ``labels (N,)``
+    int64 (the well's label, e.g. the siRNA), ``experiments`` and ``wells`` ``(N,)`` str (a
+    well's id, unique across plates and experiments, for per-well scores)."""
+
+    crops: np.ndarray
+    labels: np.ndarray
+    experiments: np.ndarray
+    wells: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.crops)
+        if self.crops.ndim != 4:
+            raise ValueError(f"crops must be (N, C, s, s), got shape {self.crops.shape}")
+        for name in ("labels", "experiments", "wells"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} crops")
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @classmethod
+    def concat(cls, parts: Sequence[CropSet]) -> CropSet:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            raise EmbedError("no crops to train on: the sites given have no cells with a label")
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("crops", "labels", "experiments", "wells")))
+
+
+class Classifier(nn.Module):
+    """Backbone features ``(B, D)`` -> class logits; the backbone alone is what ``extract`` loads."""
+
+    def __init__(self, backbone: nn.Module, dim: int, n_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)
+        if features.ndim == 4:
+            features = features.mean(dim=(2, 3))
+        return self.head(self.dropout(features))
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, jitter: float) -> torch.Tensor:
+    """Each crop of ``x`` (B, C, s, s) flipped left-right at random, rotated by a random multiple
+    of 90 degrees, and each channel scaled by ``exp(N(0, jitter))`` and shifted by ``N(0, jitter)``
+    (the crops are z-scored, so the shift is in standard deviations). Random draws on the CPU
+    from ``generator``: the same generator state gives the same batch on any device."""
+    b, c = x.shape[:2]
+    flip = torch.rand(b, generator=generator) < 0.5
+    turns = torch.randint(0, 4, (b,), generator=generator)
+    scale = torch.exp(torch.randn(b, c, 1, 1, generator=generator) * jitter)
+    shift = torch.randn(b, c, 1, 1, generator=generator) * jitter
+    out = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+    rotated = [torch.rot90(out, k, dims=(2, 3)) for k in range(4)]  # square crops: same shape
+    out = torch.stack(rotated)[turns.to(x.device), torch.arange(b, device=x.device)]
+    return out * scale.to(x.device, x.dtype) + shift.to(x.device, x.dtype)
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine down to 1% of it at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def run_key(settings: TrainSettings, train: CropSet, classes: np.ndarray, extra: dict) -> str:
+    """What a checkpoint must match to be resumed: the settings, the crops (shape, labels and a
+    sample of their bytes) and the recipe (``extra``: backbone, channels...)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({**asdict(settings), **extra, "n": len(train), "shape": list(train.crops.shape)}, sort_keys=True,
+                        default=str).encode())  # fmt: skip
+    h.update(np.ascontiguousarray(classes).tobytes())
+    h.update(np.ascontiguousarray(train.labels).tobytes())
+    h.update(np.ascontiguousarray(train.crops[:: max(1, len(train) // 64)]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def evaluate(model: Classifier, data: CropSet, index: np.ndarray, device: torch.device, batch: int, autocast) -> dict:
+    """Per-cell and per-well top-1 of the classifier on ``data`` (labels as class indices
+    ``index``, -1 for a label the model has no class for: those crops are left out)."""
+    keep = index >= 0
+    if not keep.any():
+        return {"cell_top1": float("nan"), "well_top1": float("nan"), "cells": 0, "wells": 0}
+    model.eval()
+    logits = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        rows = np.flatnonzero(keep)
+        for start in range(0, len(rows), batch):
+            x = torch.from_numpy(data.crops[rows[start : start + batch]]).to(device).float()
+            logits.append(torch.log_softmax(model(x).float(), dim=1).cpu())
+    logp = torch.cat(logits).numpy()
+    y = index[keep]
+    cell = float((logp.argmax(1) == y).mean())
+    wells = data.wells[keep]
+    uniq, inverse = np.unique(wells, return_inverse=True)
+    summed = np.zeros((len(uniq), logp.shape[1]))
+    np.add.at(summed, inverse, logp)
+    well_y = np.zeros(len(uniq), np.int64)
+    well_y[inverse] = y
+    well = float((summed.argmax(1) == well_y).mean())
+    return {"cell_top1": cell, "well_top1": well, "cells": int(keep.sum()), "wells": len(uniq)}
+
+
+def train_embedder(
+    backbone: nn.Module,
+    train: CropSet,
+    out: str | Path,
+    *,
+    settings: TrainSettings,
+    valid: CropSet | None = None,
+    recipe: dict | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train ``backbone`` (a module mapping crops to ``(B, D)`` features) with a linear head on
+    ``train``'s labels; write ``out/checkpoint.pth`` after every epoch (resumed where it matches
+    this run) and return ``{"model": the backbone with the kept weights, "history": [...],
+    "classes": labels in class order, "best_epoch": ...}``. ``recipe`` (JSON-able) describes
+    how the backbone was built; it is part of the checkpoint's key."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = dict(recipe or {})
+    device = resolve_device(settings.device)
+    autocast = resolve_precision(settings.precision, device)
+    torch.manual_seed(settings.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    classes = np.unique(train.labels)
+    y_train = np.searchsorted(classes, train.labels)
+    y_valid = None
+    if valid is not None and len(valid):
+        pos = np.clip(np.searchsorted(classes, valid.labels), 0, len(classes) - 1)
+        y_valid = np.where(classes[pos] == valid.labels, pos, -1)
+    with torch.no_grad():
+        dim = int(backbone.eval()(torch.zeros((2, *train.crops.shape[1:]))).reshape(2, -1).shape[1])
+    model = Classifier(backbone, dim, len(classes)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    batch = settings.batch_size or (512 if device.type == "cuda" else 64)
+    steps_per_epoch = max(1, len(train) // batch)  # the last partial batch is dropped (BatchNorm)
+    total = steps_per_epoch * settings.epochs
+    warmup = max(1, min(steps_per_epoch, total // 10))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    key = run_key(settings, train, classes, recipe)
+    checkpoint = out / "checkpoint.pth"
+    history, best, best_state, start_epoch, stale = [], -1.0, None, 0, 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("key") != key:
+            raise EmbedError(f"{checkpoint} is the checkpoint of another training run (other data or settings); "
+                             "use a new --out folder, or delete the checkpoint to start this run afresh")  # fmt: skip
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, best, best_state, stale = state["history"], state["best"], state["best_state"], state["stale"]
+        torch.set_rng_state(state["rng"])  # dropout's draws continue as in an uninterrupted run
+        start_epoch = state["epoch"] + 1
+        log.info("resuming from %s after epoch %d of %d", checkpoint, start_epoch, settings.epochs)
+    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    crops = torch.from_numpy(train.crops)  # float16, host; a batch is copied and cast on the device
+    targets = torch.from_numpy(y_train)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, settings.epochs):
+        if stale >= settings.patience > 0:
+            break
+        model.train()
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(train), generator=generator)
+        losses, t0 = [], time.perf_counter()
+        for step in range(steps_per_epoch):
+            rows = order[step * batch : (step + 1) * batch]
+            x = crops[rows].to(device, non_blocking=True).float()
+            x = augment(x, generator, settings.jitter)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(epoch * steps_per_epoch + step, total, settings.lr, warmup)
+            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss = criterion(model(x).float(), targets[rows].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
+                  "crops_per_s": steps_per_epoch * batch / (time.perf_counter() - t0)}  # fmt: skip
+        if y_valid is not None:
+            record.update({f"valid_{k}": v for k, v in evaluate(model, valid, y_valid, device, batch, autocast).items()})
+            score = record["valid_well_top1"] if not math.isnan(record["valid_well_top1"]) else -record["loss"]
+        else:
+            score = -record["loss"]
+        if score > best:
+            best, stale = score, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
+            record["kept"] = True
+        else:
+            stale += 1
+        history.append(record)
+        _atomic_save({"key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "history": history, "best": best, "best_state": best_state, "stale": stale,
+                      "rng": torch.get_rng_state()}, checkpoint)  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(record)
+        if settings.max_minutes and time.perf_counter() - started > settings.max_minutes * 60:
+            log.info("stopping after epoch %d: the time limit of %.1f min is spent", epoch + 1, settings.max_minutes)
+            break
+    if best_state is not None:
+        model.backbone.load_state_dict(best_state)
+    kept = [r["epoch"] for r in history if r.get("kept")]
+    return {"model": model.backbone.cpu().eval(), "history": history, "classes": classes,
+            "best_epoch": kept[-1] if kept else None}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the weights file
+
+
+def save_trained(backbone: nn.Module, path: str | Path, info: dict) -> str:
+    """Write the backbone's state dict with its ``info`` (what it was trained on: at least
+    ``experiments``, ``backbone``, ``n_channels``, ``channels``, ``crop_size``); returns the
+    file's fingerprint (:func:`fingerprint`)."""
+    needed = {"experiments", "backbone", "n_channels", "channels", "crop_size"}
+    missing = needed - set(info)
+    if missing:
+        raise ValueError(f"the trained embedder's info lacks {sorted(missing)}")
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
+    _atomic_save({INFO_KEY: {"format": FORMAT, **info}, "state_dict": state}, path)
+    return fingerprint(path)
+
+
+def fingerprint(path: str | Path) -> str:
+    """The first 8 hex digits of the file's SHA-256: names the embedding columns of its weights."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+
+
+def trained_info(path: str | Path) -> dict | None:
+    """The ``info`` :func:`save_trained` wrote into a weights file, or None for any other file
+    (a plain state dict such as ImageNet weights)."""
+    try:
+        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 (torch.load raises KeyError, UnpicklingError... on a foreign file)
+        return None  # no file, or not torch's: the loader that needs it says why
+    if isinstance(state, dict) and isinstance(state.get(INFO_KEY), dict):
+        return dict(state[INFO_KEY])
+    return None
+
+
+def check_channels(mode: ChannelMode) -> None:
+    if mode is ChannelMode.EACH:
+        raise EmbedError("[embed] channels = \"each\" runs every channel alone through an RGB network; a trained "
+                         "embedder needs one multi-channel stem: use channels = \"composite\" or \"mean\"")  # fmt: skip

@@ -1,0 +1,201 @@
+"""``cellfeat train-embedder``: train the crop CNN on labelled experiments, for ``extract`` to use.
+
+The crops are ``extract``'s own: the same input adapters, segmenter and ``[embed]`` settings
+(crop size, masking, per-plate normalization statistics), each crop labelled with its well's
+label (``--label``, RxRx1's ``Metadata_Sirna`` by default; controls included: they are labelled).
+``--validate-experiments`` are held out: scored after every epoch (per cell and per well, top-1),
+they choose the epoch kept and stop training early; they must not overlap the training ones.
+
+Writes ``OUT/weights.pth`` (for ``[embed] weights``; it records what it was trained on),
+``OUT/config.json`` (the same record, readable) and ``OUT/checkpoint.pth`` (a rerun with the same
+data and settings resumes from it). :mod:`cellfeat.embed_train` holds the training itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import zlib
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from cellfeat.embed_config import ChannelMode, EmbedError, Normalization, TrainSettings
+from cellfeat.errors import InputError
+from pipelines.config import load_config, with_device
+from pipelines.extract_unit import Context
+from pipelines.inputs import open_input
+from pipelines.settings import dataclass_hints, parse_settings, typed_table
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LABEL = "Metadata_Sirna"
+
+
+def split_names(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def train_settings(config: dict, args) -> TrainSettings:
+    """``[train_embedder]`` of the config, then the command line's options over it."""
+    table = typed_table(config.get("train_embedder", {}), dataclass_hints(TrainSettings), "[train_embedder]")
+    settings = TrainSettings(**table)
+    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "cells_per_site", "max_minutes", "seed", "patience")
+             if getattr(args, k, None) is not None}  # fmt: skip
+    if getattr(args, "device", None):
+        given["device"] = args.device
+    return replace(settings, **given)
+
+
+def _site_rng(seed: int, key) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(str(key).encode())])
+
+
+def plate_crops(records: list, labels: dict, stats, ctx: Context, cell_types: dict, cells_per_site: int, seed: int) -> dict:
+    """The crops of one plate's sites (run in a worker): extract's loading, segmentation,
+    cropping and normalization; at most ``cells_per_site`` crops a site, chosen by a seeded draw."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    from cellfeat.crops import cell_crops, normalize_crops, site_stats
+    from cellfeat.images import load_site
+    from pipelines.extract_unit import segment_sites
+
+    cfg, names = ctx.settings.embed, ctx.settings.channels.names
+    crops, out_labels, wells, skipped = [], [], [], []
+    for record in records:
+        key = record.key
+        try:
+            pixels = load_site(record.paths(names))
+        except (OSError, ValueError) as exc:
+            if not ctx.skip_bad:
+                raise
+            skipped.append(f"{key}: {exc}")
+            continue
+        (seg,) = segment_sites(ctx, [pixels], cell_types.get(key.well))
+        cut, present = cell_crops(pixels, seg.cells, cfg.crop_size, mask_outside=cfg.mask_outside)
+        rows = np.flatnonzero(present)
+        if cells_per_site and len(rows) > cells_per_site:
+            rows = np.sort(_site_rng(seed, key).choice(rows, cells_per_site, replace=False))
+        mean, std = site_stats(pixels) if cfg.normalization is Normalization.SITE else stats
+        crops.append(normalize_crops(cut[rows], mean, std).astype(np.float16))
+        out_labels += [labels[key.well]] * len(rows)
+        wells += [f"{key.experiment}/{key.plate}/{key.well}"] * len(rows)
+    shape = (0, len(names), cfg.crop_size, cfg.crop_size)
+    return {"crops": np.concatenate(crops) if crops else np.zeros(shape, np.float16), "labels": np.asarray(out_labels, str),
+            "wells": np.asarray(wells, str), "skipped": skipped, "sites": len(records)}  # fmt: skip
+
+
+def experiment_crops(sites, ctx: Context, label: str, settings: TrainSettings, jobs: int):
+    """A :class:`CropSet` of one experiment's labelled wells, plates in parallel."""
+    from joblib import Parallel, delayed
+
+    from cellfeat.embed_train import CropSet
+    from pipelines.extract import plate_stats
+
+    wells = sites.wells
+    if label not in wells.columns:
+        raise InputError(f"the input has no label column {label!r} (its columns: {[c for c in wells.columns if c.startswith('Metadata_')]}); "
+                         "pass --label COLUMN")  # fmt: skip
+    names = ctx.settings.channels.names
+    tasks = []
+    experiment = sites.experiments[0]
+    for plate in sorted({r.key.plate for r in sites.sites}, key=str):
+        rows = wells[wells["Metadata_Plate"].astype(str) == str(plate)]
+        rows = rows[rows[label].notna()]
+        labels = {r.Metadata_Well: str(getattr(r, label)) for r in rows.itertuples()}
+        types = {}
+        if "Metadata_CellType" in rows.columns:
+            types = {r.Metadata_Well: r.Metadata_CellType for r in rows.itertuples()}
+        records = [r for r in sites.sites if str(r.key.plate) == str(plate) and r.key.well in labels]
+        if not records:
+            continue
+        stats = None
+        if ctx.settings.embed.normalization is Normalization.GIVEN:
+            stats, errors = plate_stats(records, names, skip=set())
+            if stats is None:
+                raise InputError(f"no site of {experiment} plate {plate} can be read: " + "; ".join(errors[:3]))
+        tasks.append(delayed(plate_crops)(records, labels, stats, ctx, types, settings.cells_per_site, settings.seed))
+    if not tasks:
+        raise InputError(f"{experiment}: no site of a well with a {label} label")
+    parts = Parallel(n_jobs=jobs)(tasks) if jobs > 1 and len(tasks) > 1 else [t[0](*t[1], **t[2]) for t in tasks]
+    for part in parts:
+        for line in part["skipped"]:
+            log.warning("skipped %s", line)
+    crops = np.concatenate([p["crops"] for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts])
+    well_ids = np.concatenate([p["wells"] for p in parts])
+    log.info("%s: %d crops of %d sites, %d wells, %d labels", experiment, len(crops), sum(p["sites"] for p in parts),
+             len(np.unique(well_ids)), len(np.unique(labels)))  # fmt: skip
+    return CropSet(crops, labels, np.full(len(crops), experiment), well_ids)
+
+
+def run(args) -> int:
+    started = time.perf_counter()
+    train_names, valid_names = split_names(args.experiments), split_names(args.validate_experiments)
+    if not train_names:
+        raise InputError("--experiments names no experiment; give the training experiments, e.g. HUVEC-01,HUVEC-02")
+    overlap = sorted(set(train_names) & set(valid_names))
+    if overlap:
+        raise InputError(f"experiment(s) {overlap} are in both --experiments and --validate-experiments: a held-out "
+                         "score means experiments the network never saw; drop them from one list")  # fmt: skip
+    config = with_device(load_config(args.config, rxrx1=bool(args.data_root)), args.device)
+    settings = train_settings(config, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = None
+    sets = {}
+    for experiment in train_names + valid_names:
+        sites = open_input(config=config, data_root=args.data_root, load_data=args.load_data, metadata=args.metadata,
+                           experiment=experiment)  # fmt: skip
+        if ctx is None:
+            extract_settings = parse_settings(config, sites.channels)
+            embed = extract_settings.embed
+            if embed.channels is ChannelMode.EACH or embed.backbone != "efficientnet_lite0" or embed.weights:
+                raise EmbedError("train-embedder trains efficientnet_lite0 from its ImageNet weights with one "
+                                 "multi-channel stem: set [embed] backbone = \"efficientnet_lite0\", weights = \"\" "
+                                 "and channels = \"composite\" or \"mean\" in the config it reads")  # fmt: skip
+            from pipelines.segment import choose_segmenter
+
+            segmenter = choose_segmenter(args.segmenter or extract_settings.segment.segmenter, extract_settings)
+            ctx = Context(settings=extract_settings, segmenter=segmenter, embed=False, skip_bad=args.skip_bad, provenance={})
+            log.info("segmenter %s; crops %d px, normalization %s, channels %s", segmenter, embed.crop_size,
+                     embed.normalization.value, ", ".join(extract_settings.channels.names))  # fmt: skip
+        sets[experiment] = experiment_crops(sites, ctx, args.label, settings, args.jobs)
+    from cellfeat.embed import build_backbone
+    from cellfeat.embed_train import CropSet, save_trained, train_embedder
+
+    train = CropSet.concat([sets[e] for e in train_names])
+    valid = CropSet.concat([sets[e] for e in valid_names]) if valid_names else None
+    embed, names = ctx.settings.embed, ctx.settings.channels.names
+    recipe = {"backbone": embed.backbone, "channels": embed.channels.value, "colors": [list(c) for c in ctx.settings.channels.colors],
+              "crop_size": embed.crop_size, "normalization": embed.normalization.value, "mask_outside": embed.mask_outside,
+              "segmenter": ctx.segmenter, "label": args.label}  # fmt: skip
+    import torch
+
+    if settings.device in ("auto", "cpu"):
+        torch.set_num_threads(max(1, args.jobs))
+    backbone = build_backbone(embed.backbone, None, n_channels=len(names), channels=embed.channels, colors=ctx.settings.channels.colors)
+
+    def report(record: dict) -> None:
+        held = (f"; held-out top-1 per cell {record['valid_cell_top1']:.3f}, per well {record['valid_well_top1']:.3f}"
+                if "valid_well_top1" in record else "")  # fmt: skip
+        log.info("epoch %d/%d: loss %.3f, %.0f crops/s%s%s", record["epoch"], settings.epochs, record["loss"],
+                 record["crops_per_s"], held, " (kept)" if record.get("kept") else "")  # fmt: skip
+
+    log.info("training on %d crops of %s (%d labels); %s", len(train), ", ".join(train_names), len(np.unique(train.labels)),
+             f"held out: {len(valid)} crops of {', '.join(valid_names)}" if valid else "no held-out experiment")  # fmt: skip
+    result = train_embedder(backbone, train, out, settings=settings, valid=valid, recipe=recipe, on_epoch=report)
+    info = {**recipe, "experiments": train_names, "validation_experiments": valid_names, "n_channels": len(names),
+            "channel_names": list(names), "classes": [str(c) for c in result["classes"]], "best_epoch": result["best_epoch"],
+            "history": result["history"], "settings": asdict(settings), "crops": len(train),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+    weights = out / "weights.pth"
+    fp = save_trained(result["model"], weights, info)
+    (out / "config.json").write_text(json.dumps({**info, "fingerprint": fp, "weights": str(weights.resolve())}, indent=2))
+    log.info("wrote %s (fingerprint %s; embedding columns Embedding_EfficientNetLite0T%s_*) in %.0f s. Use it with "
+             "[embed] weights = \"%s\" in the extract config (and the same [embed] crop_size, normalization, "
+             "mask_outside)", weights, fp, fp, time.perf_counter() - started, weights.resolve())  # fmt: skip
+    return 0
