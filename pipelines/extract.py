@@ -525,6 +525,17 @@ def run(args) -> int:
     embed = settings.extract.embed and not args.no_embed
     provenance = {"config": config, "versions": versions(), "segmenter": segmenter, "embed": embed, "input": sites.source,
                   "channels": list(settings.channels.names)}  # fmt: skip
+    trained = settings.embed.trained() if embed else None  # a cellfeat train-embedder weights file, checked
+    if trained is not None:
+        provenance["embedder"] = {"weights": settings.embed.weights, "fingerprint": trained["fingerprint"],
+                                  "experiments": trained["experiments"],
+                                  "validation_experiments": trained.get("validation_experiments", [])}  # fmt: skip
+        saw = sorted(set(sites.experiments) & set(trained["experiments"]))
+        log.info("embedder %s (fingerprint %s), trained on %s", settings.embed.weights, trained["fingerprint"],
+                 ", ".join(trained["experiments"]))  # fmt: skip
+        if saw:
+            log.warning("the embedder was trained on %s: its embeddings of these experiments are not held-out; "
+                        "`cellfeat fit` marks folds that validate on them", ", ".join(saw))  # fmt: skip
     ctx = Context(settings=settings, segmenter=segmenter, embed=embed, skip_bad=args.skip_bad, provenance=provenance)
     from pipelines.extract_device import gpu_stages
 

@@ -29,6 +29,7 @@ from cellfeat.normalize import PlateNormalizer, feature_columns
 from pipelines.config import load_config
 from pipelines.provenance import versions
 from pipelines.settings import FitSettings, check_tables, fit_settings
+from pipelines.tables import read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -217,12 +218,40 @@ def _scores_dict(scores) -> dict:
     return {k: {"top1": v.top1, "top5": v.top5, "n": v.n} for k, v in scores.items()}
 
 
-def cross_validate(wells: pd.DataFrame, fit: FitSettings, groups: pd.Series) -> dict:
+def embedder_saw(path: str | Path) -> dict[str, list[str]]:
+    """``{fingerprint: experiments}`` of the trained embedders (``cellfeat train-embedder``) whose
+    columns the profile tables at ``path`` hold: the experiments each was trained on or chose
+    its epoch with (recorded by extract in the tables' provenance)."""
+    path = Path(path)
+    seen: dict[str, set[str]] = {}
+    for f in sorted(path.glob("*.parquet")) if path.is_dir() else [path]:
+        try:
+            embedder = read_provenance(f).get("embedder")
+        except InputError:  # a table from elsewhere: nothing recorded, nothing to say
+            continue
+        if embedder:
+            seen.setdefault(embedder["fingerprint"], set()).update(embedder["experiments"], embedder.get("validation_experiments", []))
+    return {k: sorted(v) for k, v in seen.items()}
+
+
+def leaked(val_exps, seen: dict[str, list[str]]) -> list[str]:
+    """The validation experiments a trained embedder of the tables saw in training."""
+    return sorted({e for exps in seen.values() for e in exps} & set(val_exps))
+
+
+def cross_validate(wells: pd.DataFrame, fit: FitSettings, groups: pd.Series, seen: dict[str, list[str]] | None = None) -> dict:
+    """Folds grouped by experiment; ``seen``: :func:`embedder_saw` of the tables: a fold that
+    validates on an experiment the embedder saw is scored, with a warning and marked."""
     folds = experiment_folds(wells, fit.folds)
     results, best = [], []
     for i, val_exps in enumerate(folds, start=1):
         is_val = wells["Metadata_Experiment"].isin(val_exps)
         log.info("fold %d/%d: validating on %s", i, len(folds), ", ".join(val_exps))
+        saw = leaked(val_exps, seen or {})
+        if saw:
+            log.warning("fold %d validates on %s, which the trained embedder of these tables (%s) saw in training: "
+                        "this fold's score is optimistic. Train the embedder without them (cellfeat train-embedder "
+                        "--experiments) for an honest score", i, ", ".join(saw), ", ".join(seen))  # fmt: skip
         model = fit_model(wells[~is_val], fit, groups, valid=wells[is_val])
         val_wells, proba = model.predict_wells(wells[is_val])  # whole plates in: each is normalized by its controls
         labelled = (val_wells["Metadata_WellType"].eq("treatment") & val_wells["Metadata_Sirna"].notna()).to_numpy()
@@ -230,7 +259,7 @@ def cross_validate(wells: pd.DataFrame, fit: FitSettings, groups: pd.Series) -> 
         y = valid["Metadata_Sirna"].to_numpy(np.int64)
         scores = score_by(proba, np.arange(N_TREATMENTS), y, valid["Metadata_CellType"].to_numpy())
         best += [it for clf in model.classifiers.values() for it in clf.best_iterations_.values()]
-        results.append({"fold": i, "experiments": list(val_exps), "scores": _scores_dict(scores)})
+        results.append({"fold": i, "experiments": list(val_exps), "scores": _scores_dict(scores), "embedder_saw": saw})
         log.info("fold %d: top-1 %.3f, top-5 %.3f on %d wells", i, scores["all"].top1, scores["all"].top5, scores["all"].n)
     return {"folds": results, "best_iterations": best}
 
@@ -291,8 +320,11 @@ def run(args) -> int:
     n_estimators = None
     folds = effective_folds(fit.folds, train["Metadata_Experiment"].nunique())
     report["folds"] = folds
+    seen = embedder_saw(args.wells)
+    if seen:
+        report["embedder_saw"] = seen
     if folds:
-        cv = cross_validate(train, replace(fit, folds=folds), groups)
+        cv = cross_validate(train, replace(fit, folds=folds), groups, seen)
         report["cv"] = cv
         report["cv_summary"] = summarize(cv)
         n_estimators = max(10, int(np.median(cv["best_iterations"])))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -177,3 +178,16 @@ def test_cli_trains_on_synthetic_experiments(tmp_path):
     assert trained_info(out / "weights.pth")["crop_size"] == 64
     assert "valid_well_top1" in record["history"][0]
     assert main(argv) == 0  # the finished run's checkpoint is resumed (nothing left to do), same weights written
+    # extract with the trained weights: columns named by the fingerprint, the embedder in the provenance
+    from pipelines.tables import read_provenance
+
+    config = tmp_path / "emb.toml"
+    config.write_text(f'[embed]\nweights = "{out / "weights.pth"}"\n[features]\nfamilies = ["AreaShape"]\n')
+    tables = tmp_path / "tables"
+    assert main(["extract", "--data-root", str(data), "--metadata", str(data), "--experiment", "HUVEC-02", "--config", str(config),
+                 "--out", str(tables), "--segmenter", "classical", "--device", "cpu"]) == 0  # fmt: skip
+    wells = tables / "wells" / "HUVEC-02.parquet"
+    fp = record["fingerprint"]
+    assert any(c.startswith(f"Embedding_EfficientNetLite0T{fp}_") for c in pd.read_parquet(wells).columns)
+    assert read_provenance(wells)["embedder"] == {"weights": str(out / "weights.pth"), "fingerprint": fp,
+                                                  "experiments": ["HUVEC-01"], "validation_experiments": ["HUVEC-02"]}  # fmt: skip

@@ -163,3 +163,20 @@ def test_default_folds_fit_any_number_of_training_experiments(tmp_path, n_experi
     assert ("cross-validation needs 2 or more, skipped" in caplog.text) == (folds == 0)
     assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(out), "--folds", "1"]) == 2
     assert "folds = 1 leaves no experiment to train on" in caplog.text
+
+
+def test_fit_marks_folds_validating_on_experiments_the_embedder_saw(tmp_path, caplog):
+    from pipelines.tables import write_parquet
+
+    wells_dir, meta_dir = _write_dataset(tmp_path)
+    provenance = {"embedder": {"weights": "emb/weights.pth", "fingerprint": "0123abcd", "experiments": ["HUVEC-01"],
+                               "validation_experiments": ["RPE-02"]}}  # fmt: skip
+    for exp in ("HUVEC-01", "HUVEC-02"):  # as extract writes them: the embedder in each table's provenance
+        write_parquet(pd.read_parquet(wells_dir / f"{exp}.parquet"), wells_dir / f"{exp}.parquet", provenance)
+    out = tmp_path / "model"
+    assert main(["fit", "--profiles", str(wells_dir), "--metadata", str(meta_dir), "--out", str(out), "--folds", "4"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["embedder_saw"] == {"0123abcd": ["HUVEC-01", "RPE-02"]}
+    saw = {tuple(f["experiments"]): f["embedder_saw"] for f in report["cv"]["folds"]}
+    assert saw == {("HUVEC-01",): ["HUVEC-01"], ("HUVEC-02",): [], ("RPE-01",): [], ("RPE-02",): ["RPE-02"]}
+    assert "validates on HUVEC-01, which the trained embedder" in caplog.text
