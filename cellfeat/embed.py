@@ -67,7 +67,7 @@ from cellfeat.embed_config import (  # noqa: F401
     backbone_label,
 )
 from cellfeat.embed_train import FORMAT as TRAINED_FORMAT
-from cellfeat.embed_train import trained_info
+from cellfeat.embed_train import Projected, trained_info
 from cellfeat.errors import FileMissingError
 from cellfeat.images import RXRX1_COLORS
 
@@ -324,6 +324,8 @@ def trained_backbone(weights: str | Path, info: dict, *, n_channels: int) -> nn.
         raise EmbedError(f"weights file {weights} names backbone {info['backbone']!r}; trained embedders are "
                          f"{DEFAULT_BACKBONE} only")  # fmt: skip
     net = adapt_stem(_EfficientNetFeatures(_lite0_net()), channel_mix(ChannelMode.MEAN, n_channels))
+    if info.get("embedding_dim"):  # the backbone's 1280 features projected (cellfeat.embed_train.Projected)
+        net = Projected(net, int(info["feature_dim"]), int(info["embedding_dim"]))
     return _load_into(net, weights, f"a trained {DEFAULT_BACKBONE} of {n_channels} channels")
 
 

@@ -139,6 +139,7 @@ class TrainSettings:
     label_smoothing: float = 0.1
     jitter: float = 0.1  # per-channel intensity jitter (log-scale and shift, in standard deviations)
     patience: int = 2  # epochs without a better validation score before stopping; 0 = never stop early
+    embedding_dim: int = 128  # the trained embedding's length: a projection of the backbone's features; 0 = those (1280)
     cells_per_site: int = 0  # crops taken from a site at most (chosen at random, seeded); 0 = all
     max_minutes: float = 0.0  # stop after the epoch that passes this much training time; 0 = no limit
     seed: int = 0
@@ -146,7 +147,7 @@ class TrainSettings:
     precision: str = "auto"  # PRECISIONS: "auto" = bf16 autocast on a GPU, fp32 on the CPU
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "patience", "cells_per_site", "seed"):
+        for key in ("epochs", "batch_size", "patience", "embedding_dim", "cells_per_site", "seed"):
             value = getattr(self, key)
             least = 1 if key == "epochs" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < least:

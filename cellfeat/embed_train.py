@@ -77,20 +77,36 @@ class CropSet:
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("crops", "labels", "experiments", "wells")))
 
 
-class Classifier(nn.Module):
-    """Backbone features ``(B, D)`` -> class logits; the backbone alone is what ``extract`` loads."""
+class Projected(nn.Module):
+    """A backbone's pooled features ``(B, D)`` through a linear projection and batch normalization
+    to ``(B, E)``: the embedding of a trained embedder with ``embedding_dim`` E (a bottleneck
+    the classifier head reads, so the E numbers carry what tells the labels apart)."""
 
-    def __init__(self, backbone: nn.Module, dim: int, n_classes: int, dropout: float = 0.2):
+    def __init__(self, backbone: nn.Module, dim: int, embedding_dim: int):
         super().__init__()
         self.backbone = backbone
+        self.project = nn.Linear(dim, embedding_dim)
+        self.norm = nn.BatchNorm1d(embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.project(_pool(self.backbone(x))))
+
+
+def _pool(features: torch.Tensor) -> torch.Tensor:
+    return features.mean(dim=(2, 3)) if features.ndim == 4 else features
+
+
+class Classifier(nn.Module):
+    """Embedder ``(B, E)`` -> class logits; the embedder alone is what ``extract`` loads."""
+
+    def __init__(self, embedder: nn.Module, dim: int, n_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = embedder
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(dim, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(x)
-        if features.ndim == 4:
-            features = features.mean(dim=(2, 3))
-        return self.head(self.dropout(features))
+        return self.head(self.dropout(_pool(self.backbone(x))))
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, jitter: float) -> torch.Tensor:
@@ -173,8 +189,10 @@ def train_embedder(
 ) -> dict:
     """Train ``backbone`` (a module mapping crops to ``(B, D)`` features) with a linear head on
     ``train``'s labels; write ``out/checkpoint.pth`` after every epoch (resumed where it matches
-    this run) and return ``{"model": the backbone with the kept weights, "history": [...],
-    "classes": labels in class order, "best_epoch": ...}``. ``recipe`` (JSON-able) describes
+    this run) and return ``{"model": the embedder with the kept weights (the backbone, or with
+    ``settings.embedding_dim`` a :class:`Projected` backbone), "history": [...], "classes": labels
+    in class order, "best_epoch": ..., "feature_dim": the backbone's, "embedding_dim": the
+    projection's or 0}``. ``recipe`` (JSON-able) describes
     how the backbone was built; it is part of the checkpoint's key."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +209,10 @@ def train_embedder(
         pos = np.clip(np.searchsorted(classes, valid.labels), 0, len(classes) - 1)
         y_valid = np.where(classes[pos] == valid.labels, pos, -1)
     with torch.no_grad():
-        dim = int(backbone.eval()(torch.zeros((2, *train.crops.shape[1:]))).reshape(2, -1).shape[1])
+        dim = int(_pool(backbone.eval()(torch.zeros((2, *train.crops.shape[1:])))).shape[1])
+    feature_dim = dim
+    if settings.embedding_dim:
+        backbone, dim = Projected(backbone, dim, settings.embedding_dim), settings.embedding_dim
     model = Classifier(backbone, dim, len(classes)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -265,7 +286,8 @@ def train_embedder(
         model.backbone.load_state_dict(best_state)
     kept = [r["epoch"] for r in history if r.get("kept")]
     return {"model": model.backbone.cpu().eval(), "history": history, "classes": classes,
-            "best_epoch": kept[-1] if kept else None}  # fmt: skip
+            "best_epoch": kept[-1] if kept else None, "feature_dim": feature_dim,
+            "embedding_dim": settings.embedding_dim}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the weights file

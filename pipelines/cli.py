@@ -118,6 +118,8 @@ def _add_train_embedder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="training epochs (default from [train_embedder], 6)")
     p.add_argument("--batch-size", type=int, help="crops a step (default 64 on a CPU, 512 on a GPU)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--embedding-dim", type=int, help="length of the trained embedding, a projection of the backbone's "
+                                                      "features (default 128; 0: the backbone's 1280)")
     p.add_argument("--cells-per-site", type=int, help="at most this many crops a site, chosen at random (default: all)")
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this much training time")
     p.add_argument("--patience", type=int, help="epochs without a better held-out score before stopping (0: never)")

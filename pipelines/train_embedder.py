@@ -43,7 +43,8 @@ def train_settings(config: dict, args) -> TrainSettings:
     """``[train_embedder]`` of the config, then the command line's options over it."""
     table = typed_table(config.get("train_embedder", {}), dataclass_hints(TrainSettings), "[train_embedder]")
     settings = TrainSettings(**table)
-    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "cells_per_site", "max_minutes", "seed", "patience")
+    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "embedding_dim", "cells_per_site", "max_minutes",
+                                           "seed", "patience")
              if getattr(args, k, None) is not None}  # fmt: skip
     if getattr(args, "device", None):
         given["device"] = args.device
@@ -190,6 +191,7 @@ def run(args) -> int:
     result = train_embedder(backbone, train, out, settings=settings, valid=valid, recipe=recipe, on_epoch=report)
     info = {**recipe, "experiments": train_names, "validation_experiments": valid_names, "n_channels": len(names),
             "channel_names": list(names), "classes": [str(c) for c in result["classes"]], "best_epoch": result["best_epoch"],
+            "feature_dim": result["feature_dim"], "embedding_dim": result["embedding_dim"],
             "history": result["history"], "settings": asdict(settings), "crops": len(train),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
     weights = out / "weights.pth"

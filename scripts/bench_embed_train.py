@@ -83,6 +83,7 @@ def main() -> None:
     p.add_argument("--cells-per-well", type=int, default=48)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--embedding-dim", type=int, default=128, help="0: the backbone's 1280 features")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--crop-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
@@ -116,7 +117,7 @@ def main() -> None:
     valid_set = crop_set(wells, sites, stats, np.flatnonzero(valid_rows), args.crop_size) if valid_rows.any() else None
     for seed in [int(s) for s in args.seeds.split(",")]:
         settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device=args.device,
-                                 patience=0)  # fmt: skip
+                                 patience=0, embedding_dim=args.embedding_dim)  # fmt: skip
         t = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             result = train_embedder(E.build_backbone(), train_set, out, settings=settings, valid=valid_set,
@@ -125,7 +126,8 @@ def main() -> None:
         trained = E.Embedder(result["model"], name="X", device=args.device, batch_size=args.batch_size)
         per_cell = B.embed_wells(wells, sites, stats, trained, normalization="given", crop_size=args.crop_size, mask_outside=False)
         profiles = B.well_profiles(wells, per_cell)
-        name = f"trained on {'+'.join(train_exps)} (seed {seed}, epoch {result['best_epoch']}, {seconds:.0f} s, {len(train_set)} crops)"
+        name = (f"trained on {'+'.join(train_exps)} ({result['embedding_dim'] or result['feature_dim']}; seed {seed}, "
+                f"epoch {result['best_epoch']}, {seconds:.0f} s, {len(train_set)} crops)")
         rows.append({"features": name, **held_out_scores(wells, profiles, train_rows, test_rows)})
         print(rows[-1], flush=True)
         rows.append({"features": f"  + hand-crafted (seed {seed})",

