@@ -41,7 +41,8 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=["default", "tiny"], default="default", help="dataset size (tiny: for tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--embed", action="store_true", help="also compute CNN embeddings (slower)")
+    p.add_argument("--embed", action="store_true", help="also train a crop CNN on the training experiments (cellfeat "
+                   "train-embedder), extract its embeddings, and score hand-crafted features, embeddings and both")
 
 
 def _add_synth(p: argparse.ArgumentParser) -> None:

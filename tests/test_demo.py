@@ -39,3 +39,30 @@ def test_tiny_demo_writes_its_report(tiny_demo):
     summary = json.loads((tiny_demo / "demo_summary.json").read_text())
     assert summary["report"] == str(tiny_demo / "report" / "index.html")
     assert (tiny_demo / "report" / "index.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_embed_demo(tmp_path_factory):
+    """``cellfeat demo --size tiny --embed``: ~2 min on 2 cores (the embedder trains ~40 s)."""
+    from pipelines.cli import main
+
+    out = tmp_path_factory.mktemp("demo-tiny-embed")
+    assert main(["demo", "--size", "tiny", "--embed", "--out", str(out)]) == 0
+    return out
+
+
+def test_tiny_demo_with_a_trained_embedder(tiny_embed_demo):
+    summary = json.loads((tiny_embed_demo / "demo_summary.json").read_text())
+    train, test = SIZES["tiny"][0].split(","), SIZES["tiny"][1]
+    assert set(summary["features"]) == {"hand-crafted features", "trained embeddings", "both"}
+    assert summary["accuracy_assigned"] == summary["features"]["both"]["assigned"]
+    # seed 0 measured: hand-crafted 12/24 wells after assignment, trained embeddings 8/24, both 12/24
+    for variant, scores in summary["features"].items():
+        assert scores["assigned"] >= 3 * summary["chance"], (variant, summary)
+    record = json.loads((tiny_embed_demo / "embedder" / "config.json").read_text())
+    assert record["experiments"] == train[:-1] and record["validation_experiments"] == train[-1:]
+    assert test not in record["experiments"] + record["validation_experiments"]  # the scored experiment never seen
+    report = json.loads((tiny_embed_demo / "model" / "report.json").read_text())
+    assert report["embedder_saw"] == {record["fingerprint"]: sorted(train)}
+    marked = {tuple(f["experiments"]): f["embedder_saw"] for f in report["cv"]["folds"]}
+    assert all(saw == sorted(set(exps) & set(train)) for exps, saw in marked.items())
