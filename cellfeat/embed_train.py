@@ -194,6 +194,14 @@ def train_embedder(
     in class order, "best_epoch": ..., "feature_dim": the backbone's, "embedding_dim": the
     projection's or 0}``. ``recipe`` (JSON-able) describes
     how the backbone was built; it is part of the checkpoint's key."""
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        return _train(backbone, train, out, settings=settings, valid=valid, recipe=recipe, on_epoch=on_epoch)
+    finally:  # the process's setting as it was
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def _train(backbone, train, out, *, settings, valid, recipe, on_epoch) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recipe = dict(recipe or {})
@@ -308,8 +316,16 @@ def save_trained(backbone: nn.Module, path: str | Path, info: dict) -> str:
 
 
 def fingerprint(path: str | Path) -> str:
-    """The first 8 hex digits of the file's SHA-256: names the embedding columns of its weights."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+    """8 hex digits of the SHA-256 of the file's weights (names and values, in name order; not
+    its record, which holds timings): names the embedding columns of those weights."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:8]
 
 
 def trained_info(path: str | Path) -> dict | None:

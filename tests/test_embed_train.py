@@ -55,6 +55,7 @@ def test_learns_and_scores_held_out_experiment(tmp_path):
     assert last["valid_cell_top1"] > 0.5  # chance 0.25
     assert list(result["classes"]) == ["0", "1", "2", "3"]
     assert result["best_epoch"] in (1, 2, 3)
+    assert not torch.are_deterministic_algorithms_enabled()  # the process's setting given back
 
 
 def test_same_seed_same_weights_and_resume_is_exact(tmp_path):
@@ -135,6 +136,7 @@ def test_trained_weights_load_into_extract_with_their_fingerprint(tmp_path):
             "crop_size": 32, "normalization": "given", "mask_outside": False}  # fmt: skip
     fp = save_trained(net, path, info)
     assert fp == fingerprint(path) and len(fp) == 8
+    assert save_trained(net, tmp_path / "again.pth", {**info, "history": [{"seconds": 1.0}]}) == fp  # weights, not record
     assert trained_info(path)["experiments"] == ["HUVEC-01"]
     cfg = EmbedConfig(weights=str(path), crop_size=32, device="cpu")
     embedder = cfg.embedder([(255, 0, 0)] * 6)
