@@ -49,9 +49,10 @@ INFO_KEY = "cellfeat_embedder"
 
 @dataclass
 class CropSet:
-    """Normalized crops and what each shows: ``crops (N, C, s, s)`` float16, ``labels (N,)``
-    int64 (the well's label, e.g. the siRNA), ``experiments`` and ``wells`` ``(N,)`` str (a
-    well's id, unique across plates and experiments, for per-well scores)."""
+    """Normalized crops and what each shows: ``crops (N, C, s, s)`` float16 (an array, or a
+    read-only memory map of an ``.npy`` file for sets larger than memory), ``labels (N,)`` (the
+    well's label, e.g. the siRNA, as text), ``experiments`` and ``wells`` ``(N,)`` str (a well's
+    id, unique across plates and experiments, for per-well scores)."""
 
     crops: np.ndarray
     labels: np.ndarray
@@ -244,7 +245,8 @@ def _train(backbone, train, out, *, settings, valid, recipe, on_epoch) -> dict:
         start_epoch = state["epoch"] + 1
         log.info("resuming from %s after epoch %d of %d", checkpoint, start_epoch, settings.epochs)
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
-    crops = torch.from_numpy(train.crops)  # float16, host; a batch is copied and cast on the device
+    # crops stay where they are (in memory, or a read-only memory map of a file: np.load(mmap_mode="r"));
+    # a batch is gathered on the host (float16) and cast on the device
     targets = torch.from_numpy(y_train)
     started = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs):
@@ -256,7 +258,7 @@ def _train(backbone, train, out, *, settings, valid, recipe, on_epoch) -> dict:
         losses, t0 = [], time.perf_counter()
         for step in range(steps_per_epoch):
             rows = order[step * batch : (step + 1) * batch]
-            x = crops[rows].to(device, non_blocking=True).float()
+            x = torch.from_numpy(train.crops[rows.numpy()]).to(device, non_blocking=True).float()
             x = augment(x, generator, settings.jitter)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)

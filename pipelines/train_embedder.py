@@ -8,7 +8,10 @@ they choose the epoch kept and stop training early; they must not overlap the tr
 
 Writes ``OUT/weights.pth`` (for ``[embed] weights``; it records what it was trained on),
 ``OUT/config.json`` (the same record, readable) and ``OUT/checkpoint.pth`` (a rerun with the same
-data and settings resumes from it). :mod:`cellfeat.embed_train` holds the training itself.
+data and settings resumes from it). The crops go to ``OUT/crops/`` (float16 ``.npy``, one file a
+plate, then one for the training and one for the held-out experiments, read through memory maps:
+a training set larger than memory works, and a rerun does not crop finished plates again).
+:mod:`cellfeat.embed_train` holds the training itself.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from cellfeat.embed_config import ChannelMode, EmbedError, Normalization, TrainSettings
 from cellfeat.errors import InputError
+from cellfeat.layout import plate_stem
 from pipelines.config import load_config, with_device
 from pipelines.extract_unit import Context
 from pipelines.inputs import open_input
@@ -51,13 +55,24 @@ def train_settings(config: dict, args) -> TrainSettings:
     return replace(settings, **given)
 
 
+def label_text(value) -> str:
+    """A label as text: whole numbers without a decimal point (a label column with missing
+    values is read as floats: siRNA 1138.0 is "1138")."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _site_rng(seed: int, key) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(str(key).encode())])
 
 
-def plate_crops(records: list, labels: dict, stats, ctx: Context, cell_types: dict, cells_per_site: int, seed: int) -> dict:
+def plate_crops(records: list, labels: dict, stats, ctx: Context, cell_types: dict, cells_per_site: int, seed: int,
+                path: str) -> dict:  # fmt: skip
     """The crops of one plate's sites (run in a worker): extract's loading, segmentation,
-    cropping and normalization; at most ``cells_per_site`` crops a site, chosen by a seeded draw."""
+    cropping and normalization; at most ``cells_per_site`` crops a site, chosen by a seeded draw.
+    Written to ``path`` (``.npy``, float16) and its labels and wells beside it (``.npz``, written
+    last: a part is whole once that file is there)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     from cellfeat.crops import cell_crops, normalize_crops, site_stats
@@ -85,15 +100,22 @@ def plate_crops(records: list, labels: dict, stats, ctx: Context, cell_types: di
         out_labels += [labels[key.well]] * len(rows)
         wells += [f"{key.experiment}/{key.plate}/{key.well}"] * len(rows)
     shape = (0, len(names), cfg.crop_size, cfg.crop_size)
-    return {"crops": np.concatenate(crops) if crops else np.zeros(shape, np.float16), "labels": np.asarray(out_labels, str),
-            "wells": np.asarray(wells, str), "skipped": skipped, "sites": len(records)}  # fmt: skip
+    array = np.concatenate(crops) if crops else np.zeros(shape, np.float16)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez(tmp, labels=np.asarray(out_labels, str), wells=np.asarray(wells, str), sites=len(records))
+    os.replace(tmp, path.with_suffix(".npz"))
+    return {"skipped": skipped}
 
 
-def experiment_crops(sites, ctx: Context, label: str, settings: TrainSettings, jobs: int):
-    """A :class:`CropSet` of one experiment's labelled wells, plates in parallel."""
+def experiment_crops(sites, ctx: Context, label: str, settings: TrainSettings, jobs: int, folder: Path) -> list[Path]:
+    """The crop files (one a plate, under ``folder``) of one experiment's labelled wells, plates in
+    parallel; a plate whose file a previous run finished is not cropped again."""
     from joblib import Parallel, delayed
 
-    from cellfeat.embed_train import CropSet
     from pipelines.extract import plate_stats
 
     wells = sites.wells
@@ -101,36 +123,79 @@ def experiment_crops(sites, ctx: Context, label: str, settings: TrainSettings, j
         raise InputError(f"the input has no label column {label!r} (its columns: {[c for c in wells.columns if c.startswith('Metadata_')]}); "
                          "pass --label COLUMN")  # fmt: skip
     names = ctx.settings.channels.names
-    tasks = []
+    tasks, paths = [], []
     experiment = sites.experiments[0]
+    folder.mkdir(parents=True, exist_ok=True)
     for plate in sorted({r.key.plate for r in sites.sites}, key=str):
         rows = wells[wells["Metadata_Plate"].astype(str) == str(plate)]
         rows = rows[rows[label].notna()]
-        labels = {r.Metadata_Well: str(getattr(r, label)) for r in rows.itertuples()}
+        labels = {r.Metadata_Well: label_text(getattr(r, label)) for r in rows.itertuples()}
         types = {}
         if "Metadata_CellType" in rows.columns:
             types = {r.Metadata_Well: r.Metadata_CellType for r in rows.itertuples()}
         records = [r for r in sites.sites if str(r.key.plate) == str(plate) and r.key.well in labels]
         if not records:
             continue
+        path = folder / f"{experiment}_{plate_stem(plate)}.npy"
+        paths.append(path)
+        if path.with_suffix(".npz").is_file():
+            continue
         stats = None
         if ctx.settings.embed.normalization is Normalization.GIVEN:
             stats, errors = plate_stats(records, names, skip=set())
             if stats is None:
                 raise InputError(f"no site of {experiment} plate {plate} can be read: " + "; ".join(errors[:3]))
-        tasks.append(delayed(plate_crops)(records, labels, stats, ctx, types, settings.cells_per_site, settings.seed))
-    if not tasks:
+        tasks.append(delayed(plate_crops)(records, labels, stats, ctx, types, settings.cells_per_site, settings.seed, str(path)))
+    if not paths:
         raise InputError(f"{experiment}: no site of a well with a {label} label")
+    if len(tasks) < len(paths):
+        log.info("%s: %d of %d plates cropped by an earlier run (%s)", experiment, len(paths) - len(tasks), len(paths), folder)
     parts = Parallel(n_jobs=jobs)(tasks) if jobs > 1 and len(tasks) > 1 else [t[0](*t[1], **t[2]) for t in tasks]
     for part in parts:
         for line in part["skipped"]:
             log.warning("skipped %s", line)
-    crops = np.concatenate([p["crops"] for p in parts])
-    labels = np.concatenate([p["labels"] for p in parts])
-    well_ids = np.concatenate([p["wells"] for p in parts])
-    log.info("%s: %d crops of %d sites, %d wells, %d labels", experiment, len(crops), sum(p["sites"] for p in parts),
-             len(np.unique(well_ids)), len(np.unique(labels)))  # fmt: skip
-    return CropSet(crops, labels, np.full(len(crops), experiment), well_ids)
+    return paths
+
+
+def assemble(parts: list[Path], path: Path):
+    """One :class:`CropSet` of crop files, its crops a read-only memory map of ``path`` (the parts
+    copied into it in chunks: the crops never all sit in memory)."""
+    from numpy.lib.format import open_memmap
+
+    from cellfeat.embed_train import CropSet
+
+    metas = [np.load(p.with_suffix(".npz")) for p in parts]
+    arrays = [np.load(p, mmap_mode="r") for p in parts]
+    total = sum(len(a) for a in arrays)
+    shape = (total, *arrays[0].shape[1:])
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
+    out = open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+    start = 0
+    for array in arrays:
+        for chunk in range(0, len(array), 4096):
+            piece = array[chunk : chunk + 4096]
+            out[start : start + len(piece)] = piece
+            start += len(piece)
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    labels = np.concatenate([m["labels"] for m in metas])
+    wells = np.concatenate([m["wells"] for m in metas])
+    experiments = np.array([w.split("/", 1)[0] for w in wells], dtype=str) if len(wells) else np.zeros(0, str)
+    return CropSet(np.load(path, mmap_mode="r"), labels, experiments, wells)
+
+
+def crop_folder(out: Path, ctx: Context, label: str, settings: TrainSettings, source: dict) -> Path:
+    """``OUT/crops/{key}``: the crops of one way of making them (input, segmentation, [embed]'s crop
+    settings, label, cells a site, seed); a rerun with the same finds its finished plates there."""
+    import hashlib
+
+    embed = ctx.settings.embed
+    recipe = {"source": source, "segmenter": ctx.segmenter, "segment": repr(ctx.settings.segment), "label": label,
+              "channels": list(ctx.settings.channels.names), "crop_size": embed.crop_size, "mask_outside": embed.mask_outside,
+              "normalization": embed.normalization.value, "cells_per_site": settings.cells_per_site, "seed": settings.seed}  # fmt: skip
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return out / "crops" / key
 
 
 def run(args) -> int:
@@ -147,7 +212,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = None
-    sets = {}
+    parts: dict[str, list[Path]] = {}
     for experiment in train_names + valid_names:
         sites = open_input(config=config, data_root=args.data_root, load_data=args.load_data, metadata=args.metadata,
                            experiment=experiment)  # fmt: skip
@@ -164,12 +229,22 @@ def run(args) -> int:
             ctx = Context(settings=extract_settings, segmenter=segmenter, embed=False, skip_bad=args.skip_bad, provenance={})
             log.info("segmenter %s; crops %d px, normalization %s, channels %s", segmenter, embed.crop_size,
                      embed.normalization.value, ", ".join(extract_settings.channels.names))  # fmt: skip
-        sets[experiment] = experiment_crops(sites, ctx, args.label, settings, args.jobs)
+        source = {k: v for k, v in sites.source.items() if k != "plates"}
+        folder = crop_folder(out, ctx, args.label, settings, {**source, "experiment": experiment})
+        parts[experiment] = experiment_crops(sites, ctx, args.label, settings, args.jobs, folder)
     from cellfeat.embed import build_backbone
-    from cellfeat.embed_train import CropSet, save_trained, train_embedder
+    from cellfeat.embed_train import save_trained, train_embedder
 
-    train = CropSet.concat([sets[e] for e in train_names])
-    valid = CropSet.concat([sets[e] for e in valid_names]) if valid_names else None
+    train = assemble([p for e in train_names for p in parts[e]], out / "crops" / "train.npy")
+    valid = assemble([p for e in valid_names for p in parts[e]], out / "crops" / "valid.npy") if valid_names else None
+    for name, group in (("training", train), ("held-out", valid)):
+        if group is not None and not len(group):
+            raise InputError(f"the {name} experiments gave no crop: no labelled well has a cell")
+        if group is not None:
+            for experiment in np.unique(group.experiments):
+                rows = group.experiments == experiment
+                log.info("%s: %d crops, %d wells, %d labels", experiment, rows.sum(), len(np.unique(group.wells[rows])),
+                         len(np.unique(group.labels[rows])))  # fmt: skip
     embed, names = ctx.settings.embed, ctx.settings.channels.names
     recipe = {"backbone": embed.backbone, "channels": embed.channels.value, "colors": [list(c) for c in ctx.settings.channels.colors],
               "crop_size": embed.crop_size, "normalization": embed.normalization.value, "mask_outside": embed.mask_outside,
@@ -186,8 +261,11 @@ def run(args) -> int:
         log.info("epoch %d/%d: loss %.3f, %.0f crops/s%s%s", record["epoch"], settings.epochs, record["loss"],
                  record["crops_per_s"], held, " (kept)" if record.get("kept") else "")  # fmt: skip
 
-    log.info("training on %d crops of %s (%d labels); %s", len(train), ", ".join(train_names), len(np.unique(train.labels)),
-             f"held out: {len(valid)} crops of {', '.join(valid_names)}" if valid else "no held-out experiment")  # fmt: skip
+    held = train.crops.nbytes + (valid.crops.nbytes if valid else 0)
+    log.info("training on %d crops of %s (%d labels); %s; the crops take %.2f GB in %s (read through a memory map; "
+             "delete the folder after training)", len(train), ", ".join(train_names), len(np.unique(train.labels)),
+             f"held out: {len(valid)} crops of {', '.join(valid_names)}" if valid else "no held-out experiment", held / 1e9,
+             out / "crops")  # fmt: skip
     result = train_embedder(backbone, train, out, settings=settings, valid=valid, recipe=recipe, on_epoch=report)
     info = {**recipe, "experiments": train_names, "validation_experiments": valid_names, "n_channels": len(names),
             "channel_names": list(names), "classes": [str(c) for c in result["classes"]], "best_epoch": result["best_epoch"],

