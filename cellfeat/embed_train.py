@@ -31,6 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -132,6 +133,22 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return peak * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _step(model, optimizer, criterion, host, targets, generator, device, autocast, settings, lr) -> torch.Tensor:
+    """One optimizer step on a batch of host crops; returns the loss, left on the device (reading
+    it would wait for the GPU every step)."""
+    x = augment(host.to(device, non_blocking=True).float(), generator, settings.jitter)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        loss = criterion(model(x).float(), targets.to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def run_key(settings: TrainSettings, train: CropSet, classes: np.ndarray, extra: dict) -> str:
@@ -255,22 +272,23 @@ def _train(backbone, train, out, *, settings, valid, recipe, on_epoch) -> dict:
         model.train()
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
         order = torch.randperm(len(train), generator=generator)
-        losses, t0 = [], time.perf_counter()
-        for step in range(steps_per_epoch):
-            rows = order[step * batch : (step + 1) * batch]
-            x = torch.from_numpy(train.crops[rows.numpy()]).to(device, non_blocking=True).float()
-            x = augment(x, generator, settings.jitter)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(epoch * steps_per_epoch + step, total, settings.lr, warmup)
-            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                loss = criterion(model(x).float(), targets[rows].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
+        loss_sum, t0 = torch.zeros((), device=device), time.perf_counter()
+
+        def gather(step: int, order: torch.Tensor = order) -> torch.Tensor:  # a batch on the host (pinned for a GPU)
+            host = torch.from_numpy(train.crops[order[step * batch : (step + 1) * batch].numpy()])
+            return host.pin_memory() if device.type == "cuda" else host
+
+        # the next batch is gathered (from memory or the memory-mapped file) while this one trains
+        with ThreadPoolExecutor(max_workers=1) as prefetch:
+            pending = prefetch.submit(gather, 0)
+            for step in range(steps_per_epoch):
+                host = pending.result()
+                if step + 1 < steps_per_epoch:
+                    pending = prefetch.submit(gather, step + 1)
+                rows = order[step * batch : (step + 1) * batch]
+                loss_sum += _step(model, optimizer, criterion, host, targets[rows], generator, device, autocast, settings,
+                                  learning_rate(epoch * steps_per_epoch + step, total, settings.lr, warmup))  # fmt: skip
+        record = {"epoch": epoch + 1, "loss": float(loss_sum) / steps_per_epoch, "seconds": time.perf_counter() - t0,
                   "crops_per_s": steps_per_epoch * batch / (time.perf_counter() - t0)}  # fmt: skip
         if y_valid is not None:
             record.update({f"valid_{k}": v for k, v in evaluate(model, valid, y_valid, device, batch, autocast).items()})
