@@ -127,7 +127,8 @@ def _add_train_embedder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0); the same seed gives the same weights on a CPU")
     p.add_argument("--segmenter", choices=SEGMENTER_CHOICES, help="default from config (auto)")
     p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for the crops; torch threads on a CPU (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes making the crops (default 1); training on a "
+                                                       "CPU uses every core")
     p.add_argument("--skip-bad", action="store_true", help="skip sites that cannot be read (logged)")
 
 

@@ -73,8 +73,6 @@ def plate_crops(records: list, labels: dict, stats, ctx: Context, cell_types: di
     cropping and normalization; at most ``cells_per_site`` crops a site, chosen by a seeded draw.
     Written to ``path`` (``.npy``, float16) and its labels and wells beside it (``.npz``, written
     last: a part is whole once that file is there)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
     from cellfeat.crops import cell_crops, normalize_crops, site_stats
     from cellfeat.images import load_site
     from pipelines.extract_unit import segment_sites
@@ -150,7 +148,10 @@ def experiment_crops(sites, ctx: Context, label: str, settings: TrainSettings, j
         raise InputError(f"{experiment}: no site of a well with a {label} label")
     if len(tasks) < len(paths):
         log.info("%s: %d of %d plates cropped by an earlier run (%s)", experiment, len(paths) - len(tasks), len(paths), folder)
-    parts = Parallel(n_jobs=jobs)(tasks) if jobs > 1 and len(tasks) > 1 else [t[0](*t[1], **t[2]) for t in tasks]
+    if jobs > 1 and len(tasks) > 1:  # one thread a worker process (BLAS, OpenMP, numba)
+        parts = Parallel(n_jobs=jobs, backend="loky", inner_max_num_threads=1)(tasks)
+    else:
+        parts = [t[0](*t[1], **t[2]) for t in tasks]
     for part in parts:
         for line in part["skipped"]:
             log.warning("skipped %s", line)
@@ -251,8 +252,8 @@ def run(args) -> int:
               "segmenter": ctx.segmenter, "label": args.label}  # fmt: skip
     import torch
 
-    if settings.device in ("auto", "cpu"):
-        torch.set_num_threads(max(1, args.jobs))
+    if settings.device in ("auto", "cpu"):  # the training is one process: every core it may use
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     backbone = build_backbone(embed.backbone, None, n_channels=len(names), channels=embed.channels, colors=ctx.settings.channels.colors)
 
     def report(record: dict) -> None:
