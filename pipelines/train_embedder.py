@@ -148,10 +148,7 @@ def experiment_crops(sites, ctx: Context, label: str, settings: TrainSettings, j
         raise InputError(f"{experiment}: no site of a well with a {label} label")
     if len(tasks) < len(paths):
         log.info("%s: %d of %d plates cropped by an earlier run (%s)", experiment, len(paths) - len(tasks), len(paths), folder)
-    if jobs > 1 and len(tasks) > 1:  # one thread a worker process (BLAS, OpenMP, numba)
-        parts = Parallel(n_jobs=jobs, backend="loky", inner_max_num_threads=1)(tasks)
-    else:
-        parts = [t[0](*t[1], **t[2]) for t in tasks]
+    parts = Parallel(n_jobs=jobs)(tasks) if jobs > 1 and len(tasks) > 1 else [t[0](*t[1], **t[2]) for t in tasks]
     for part in parts:
         for line in part["skipped"]:
             log.warning("skipped %s", line)
