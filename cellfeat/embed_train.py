@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,13 +70,6 @@ class CropSet:
 
     def __len__(self) -> int:
         return len(self.crops)
-
-    @classmethod
-    def concat(cls, parts: Sequence[CropSet]) -> CropSet:
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            raise EmbedError("no crops to train on: the sites given have no cells with a label")
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("crops", "labels", "experiments", "wells")))
 
 
 class Projected(nn.Module):
