@@ -67,7 +67,7 @@ from cellfeat.embed_config import (  # noqa: F401
     backbone_label,
 )
 from cellfeat.embed_train import FORMAT as TRAINED_FORMAT
-from cellfeat.embed_train import Projected, trained_info
+from cellfeat.embed_train import Projected, pooled, read_trained
 from cellfeat.errors import FileMissingError
 from cellfeat.images import RXRX1_COLORS
 
@@ -137,7 +137,7 @@ class _EachChannel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        features = _pooled(self.net(x.reshape(b * c, 1, h, w)))
+        features = pooled(self.net(x.reshape(b * c, 1, h, w)))
         return features.reshape(b, c, -1).mean(dim=1)
 
 
@@ -150,14 +150,6 @@ class _EfficientNetFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x).mean(dim=(2, 3))
-
-
-def _pooled(features: torch.Tensor) -> torch.Tensor:
-    if features.ndim == 4:
-        return features.mean(dim=(2, 3))
-    if features.ndim != 2:
-        raise EmbedError(f"the backbone returned features of shape {tuple(features.shape)}; expected (B, D) or (B, D, h, w)")
-    return features
 
 
 def load_state(weights: str | Path) -> dict[str, torch.Tensor]:
@@ -183,8 +175,9 @@ def load_state(weights: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _load_into(module: nn.Module, weights: str | Path, what: str) -> nn.Module:
-    state = load_state(weights)
+def _load_into(module: nn.Module, weights: str | Path, what: str, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """``module`` with the weights of the file ``weights`` (``state``: already read from it)."""
+    state = load_state(weights) if state is None else state
     result = module.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise EmbedError(
@@ -289,9 +282,9 @@ def build_backbone(
     ``n_channels`` by ``channels``), or ``"package.module:factory"`` (used as it is).
     """
     channels = ChannelMode(channels)
-    info = trained_info(weights) if weights is not None and backbone == DEFAULT_BACKBONE else None
-    if info is not None:
-        return trained_backbone(weights, info, n_channels=n_channels)
+    trained = read_trained(weights) if weights is not None and backbone == DEFAULT_BACKBONE else None
+    if trained is not None:
+        return trained_backbone(weights, *trained, n_channels=n_channels)
     if backbone == DEFAULT_BACKBONE:
         net = _efficientnet_lite0_features(weights)
     elif backbone.startswith("torchvision:"):
@@ -310,10 +303,10 @@ def build_backbone(
     return adapt_stem(net, channel_mix(channels, n_channels, colors))
 
 
-def trained_backbone(weights: str | Path, info: dict, *, n_channels: int) -> nn.Module:
-    """The feature module of a ``cellfeat train-embedder`` weights file (its ``info`` from
-    :func:`~cellfeat.embed_train.trained_info`): the architecture it names, its trained
-    ``n_channels``-channel stem, no ImageNet weights involved."""
+def trained_backbone(weights: str | Path, info: dict, state: Mapping[str, torch.Tensor], *, n_channels: int) -> nn.Module:
+    """The feature module of a ``cellfeat train-embedder`` weights file (its ``info`` and
+    ``state`` from :func:`~cellfeat.embed_train.read_trained`): the architecture it names, its
+    trained ``n_channels``-channel stem, no ImageNet weights involved."""
     if info.get("format") != TRAINED_FORMAT:
         raise EmbedError(f"weights file {weights} was written by another cellfeat version (format {info.get('format')}, "
                          f"this one reads {TRAINED_FORMAT}); train it again with cellfeat train-embedder")  # fmt: skip
@@ -326,7 +319,7 @@ def trained_backbone(weights: str | Path, info: dict, *, n_channels: int) -> nn.
     net = adapt_stem(_EfficientNetFeatures(_lite0_net()), channel_mix(ChannelMode.MEAN, n_channels))
     if info.get("embedding_dim"):  # the backbone's 1280 features projected (cellfeat.embed_train.Projected)
         net = Projected(net, int(info["feature_dim"]), int(info["embedding_dim"]))
-    return _load_into(net, weights, f"a trained {DEFAULT_BACKBONE} of {n_channels} channels")
+    return _load_into(net, weights, f"a trained {DEFAULT_BACKBONE} of {n_channels} channels", state)
 
 
 # --------------------------------------------------------------------------- inference
@@ -427,7 +420,7 @@ class Embedder:
                     batch = torch.cat([batch, batch.new_zeros((size - n, *batch.shape[1:]))])
                 if self.device.type == "cuda":
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                out.append(_pooled(self.module(batch))[:n].float())
+                out.append(pooled(self.module(batch))[:n].float())
             result = torch.cat(out).cpu().numpy()
         self._dim = result.shape[1]
         return result

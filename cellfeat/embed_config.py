@@ -113,18 +113,19 @@ class EmbedConfig:
         Its crops must be made as it was trained: the same crop size, normalization and masking."""
         if not self.weights or self.backbone != DEFAULT_BACKBONE:
             return None
-        from cellfeat.embed_train import fingerprint, trained_info
+        from cellfeat.embed_train import read_trained, state_fingerprint
 
-        info = trained_info(self.weights)
-        if info is None:
+        trained = read_trained(self.weights)
+        if trained is None:
             return None
+        info, state = trained
         made = {"crop_size": self.crop_size, "normalization": self.normalization.value, "mask_outside": self.mask_outside}
         differ = {k: (info.get(k), v) for k, v in made.items() if info.get(k) != v}
         if differ:
             listing = ", ".join(f"{k} = {v!r} here, {t!r} in training" for k, (t, v) in differ.items())
             raise EmbedError(f"[embed] weights = {self.weights} was trained on crops made otherwise ({listing}); "
                              "set these [embed] keys as in training, or train an embedder with these settings")  # fmt: skip
-        return {**info, "fingerprint": fingerprint(self.weights)}
+        return {**info, "fingerprint": state_fingerprint(state)}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from cellfeat.device import resolve_device, resolve_precision
-from cellfeat.embed_config import ChannelMode, EmbedError, TrainSettings
+from cellfeat.embed_config import EmbedError, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,16 @@ class Projected(nn.Module):
         self.norm = nn.BatchNorm1d(embedding_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.project(_pool(self.backbone(x))))
+        return self.norm(self.project(pooled(self.backbone(x))))
 
 
-def _pool(features: torch.Tensor) -> torch.Tensor:
-    return features.mean(dim=(2, 3)) if features.ndim == 4 else features
+def pooled(features: torch.Tensor) -> torch.Tensor:
+    """A backbone's output as ``(B, D)``: ``(B, D, h, w)`` feature maps averaged over space."""
+    if features.ndim == 4:
+        return features.mean(dim=(2, 3))
+    if features.ndim != 2:
+        raise EmbedError(f"the backbone returned features of shape {tuple(features.shape)}; expected (B, D) or (B, D, h, w)")
+    return features
 
 
 class Classifier(nn.Module):
@@ -101,7 +106,7 @@ class Classifier(nn.Module):
         self.head = nn.Linear(dim, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(_pool(self.backbone(x))))
+        return self.head(self.dropout(pooled(self.backbone(x))))
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, jitter: float) -> torch.Tensor:
@@ -228,7 +233,7 @@ def _train(backbone, train, out, *, settings, valid, recipe, on_epoch) -> dict:
         pos = np.clip(np.searchsorted(classes, valid.labels), 0, len(classes) - 1)
         y_valid = np.where(classes[pos] == valid.labels, pos, -1)
     with torch.no_grad():
-        dim = int(_pool(backbone.eval()(torch.zeros((2, *train.crops.shape[1:])))).shape[1])
+        dim = int(pooled(backbone.eval()(torch.zeros((2, *train.crops.shape[1:])))).shape[1])
     feature_dim = dim
     if settings.embedding_dim:
         backbone, dim = Projected(backbone, dim, settings.embedding_dim), settings.embedding_dim
@@ -325,15 +330,12 @@ def save_trained(backbone: nn.Module, path: str | Path, info: dict) -> str:
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
     _atomic_save({INFO_KEY: {"format": FORMAT, **info}, "state_dict": state}, path)
-    return fingerprint(path)
+    return state_fingerprint(state)
 
 
-def fingerprint(path: str | Path) -> str:
-    """8 hex digits of the SHA-256 of the file's weights (names and values, in name order; not
-    its record, which holds timings): names the embedding columns of those weights."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """8 hex digits of the SHA-256 of a state dict (names and values, in name order): names the
+    embedding columns of those weights."""
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode())
@@ -341,19 +343,28 @@ def fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:8]
 
 
-def trained_info(path: str | Path) -> dict | None:
-    """The ``info`` :func:`save_trained` wrote into a weights file, or None for any other file
-    (a plain state dict such as ImageNet weights)."""
+def fingerprint(path: str | Path) -> str:
+    """:func:`state_fingerprint` of a weights file's weights (not of its record, which holds
+    timings: a resumed or repeated run with the same weights gets the same fingerprint)."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    return state_fingerprint(state)
+
+
+def read_trained(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """``(info, state dict)`` of a weights file :func:`save_trained` wrote, read once; None for
+    any other file (a plain state dict such as ImageNet weights)."""
     try:
         state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 (torch.load raises KeyError, UnpicklingError... on a foreign file)
         return None  # no file, or not torch's: the loader that needs it says why
-    if isinstance(state, dict) and isinstance(state.get(INFO_KEY), dict):
-        return dict(state[INFO_KEY])
+    if isinstance(state, dict) and isinstance(state.get(INFO_KEY), dict) and isinstance(state.get("state_dict"), dict):
+        return dict(state[INFO_KEY]), state["state_dict"]
     return None
 
 
-def check_channels(mode: ChannelMode) -> None:
-    if mode is ChannelMode.EACH:
-        raise EmbedError("[embed] channels = \"each\" runs every channel alone through an RGB network; a trained "
-                         "embedder needs one multi-channel stem: use channels = \"composite\" or \"mean\"")  # fmt: skip
+def trained_info(path: str | Path) -> dict | None:
+    """The ``info`` :func:`save_trained` wrote into a weights file, or None for any other file."""
+    trained = read_trained(path)
+    return None if trained is None else trained[0]
