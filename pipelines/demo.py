@@ -135,9 +135,12 @@ def train_embedder(args, data: Path, out: Path, train: list[str], config: Path) 
 def feature_variants(sites: Path, config: Path, out: Path) -> dict[str, Path]:
     """Configs that fit on the hand-crafted features alone, the trained embeddings alone, and
     both (``[fit.normalize] blocklist``: the default's entries plus the other kind's prefixes)."""
+    import pyarrow.parquet as pq
+
     from cellfeat.normalize import DEFAULT_BLOCKLIST, feature_columns
 
-    columns = feature_columns(pd.read_parquet(next(iter(sorted(sites.glob("*.parquet"))))).head(0))
+    names = pq.read_schema(min(sites.glob("*.parquet"))).names  # the columns only, not the table
+    columns = feature_columns(pd.DataFrame(columns=names))
     handcrafted = sorted({c.split("_")[0] + "_" for c in columns if not c.startswith("Embedding_")})
     variants = {}
     for name, blocked in (("hand-crafted features", ["Embedding_"]), ("trained embeddings", handcrafted), ("both", [])):

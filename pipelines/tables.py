@@ -23,7 +23,7 @@ def _tmp(path: Path) -> Path:
 
 
 @contextmanager
-def _replacing(path: Path):
+def replacing(path: Path):
     """Yield a temporary name beside ``path``; on success rename it to ``path``, on any failure
     (a full disk, a kill signal turned exception) remove it: no final name ever holds a part file."""
     tmp = _tmp(path)
@@ -85,7 +85,7 @@ def write_parquet(table: pd.DataFrame, path: str | Path, provenance: dict | None
     arrow = to_arrow(table)
     if provenance is not None:
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance).encode()})
-    with _replacing(path) as tmp:
+    with replacing(path) as tmp:
         pq.write_table(arrow, tmp, use_dictionary=dictionary_columns(arrow.schema))
     return path
 
@@ -93,7 +93,7 @@ def write_parquet(table: pd.DataFrame, path: str | Path, provenance: dict | None
 def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _replacing(path) as tmp:
+    with replacing(path) as tmp:
         table.to_csv(tmp, index=False)
     return path
 
@@ -158,7 +158,7 @@ def _concat_files(files: list, path: Path, provenance: dict | None, row_group_ro
             writer.write_table(table, row_group_size=max(len(table), 1))
             pending.clear()
 
-    with _replacing(path) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=dictionary_columns(schema)) as writer:
+    with replacing(path) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=dictionary_columns(schema)) as writer:
         bare = schema.remove_metadata()
         for part in files:
             # a small part reads faster on one thread: over thousands of short columns the thread

@@ -33,6 +33,7 @@ from pipelines.config import load_config, with_device
 from pipelines.extract_unit import Context
 from pipelines.inputs import open_input
 from pipelines.settings import dataclass_hints, parse_settings, typed_table
+from pipelines.tables import replacing
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,10 @@ def plate_crops(records: list, labels: dict, stats, ctx: Context, cell_types: di
     shape = (0, len(names), cfg.crop_size, cfg.crop_size)
     array = np.concatenate(crops) if crops else np.zeros(shape, np.float16)
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    np.savez(tmp, labels=np.asarray(out_labels, str), wells=np.asarray(wells, str), sites=len(records))
-    os.replace(tmp, path.with_suffix(".npz"))
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would add .npy to a name
+        np.save(f, array)
+    with replacing(path.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
+        np.savez(f, labels=np.asarray(out_labels, str), wells=np.asarray(wells, str), sites=len(records))
     return {"skipped": skipped}
 
 
@@ -166,17 +165,16 @@ def assemble(parts: list[Path], path: Path):
     arrays = [np.load(p, mmap_mode="r") for p in parts]
     total = sum(len(a) for a in arrays)
     shape = (total, *arrays[0].shape[1:])
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-    out = open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-    start = 0
-    for array in arrays:
-        for chunk in range(0, len(array), 4096):
-            piece = array[chunk : chunk + 4096]
-            out[start : start + len(piece)] = piece
-            start += len(piece)
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        out = open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        start = 0
+        for array in arrays:
+            for chunk in range(0, len(array), 4096):
+                piece = array[chunk : chunk + 4096]
+                out[start : start + len(piece)] = piece
+                start += len(piece)
+        out.flush()
+        del out
     labels = np.concatenate([m["labels"] for m in metas])
     wells = np.concatenate([m["wells"] for m in metas])
     experiments = np.array([w.split("/", 1)[0] for w in wells], dtype=str) if len(wells) else np.zeros(0, str)
