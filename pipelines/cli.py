@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("pipelines.report", "HTML page of QC figures (sites, plate maps, batch effects, controls, accuracy) from extract/fit outputs"),
 }
 
+# a command's start before its module is imported (imports take seconds): extract's worker processes
+EARLY: dict[str, tuple[str, str]] = {"extract": ("pipelines.pool", "prestart")}
 
 DEVICE_HELP = ("where Cellpose and the CNN embeddings run: auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N; "
                "overrides [segment.cellpose] device and [embed] device")
@@ -255,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        if args.command in EARLY:
+            early_module, early = EARLY[args.command]
+            getattr(importlib.import_module(early_module), early)(args)
+        module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.run(args) or 0)
     except CellfeatError as exc:  # a user's mistake: the message names what was wrong and the fix
         logging.getLogger("cellfeat").error("%s", exc)

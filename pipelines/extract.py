@@ -49,7 +49,7 @@ from pipelines.inputs import open_input, parse_plates
 from pipelines.locks import LockBusy, experiment_lock, plate_lock
 from pipelines.provenance import versions
 from pipelines.settings import parse_settings
-from pipelines.tables import concat_parquet, write_csv, write_parquet
+from pipelines.tables import PART_SUFFIX, concat_parquet, concat_parts, read_part, write_csv, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,10 @@ log = logging.getLogger(__name__)
 # columns (about 3 MB in the writer, 0.5 MB of footer): one a unit (77 a plate) made a full HUVEC
 # plate's merge peak near 1 GB with a 37 MB footer; 8,192 rows: 0.65 GB, 5 MB (scripts/bench_extract.py).
 CELLS_ROW_GROUP_ROWS = 8192
-PROFILE_ROW_GROUP_ROWS = 1 << 30  # a plate's wells or sites (at most a few hundred rows): one row group
 PROFILES = ("wells", "sites")  # per-well and per-site profile tables, each OUT/{kind}/{experiment}.parquet
+# a finished plate's per-well and per-site rows, OUT/{kind}/.plates/{experiment}/Plate{p}{suffix}, kept
+# until the experiment's tables are written: Arrow IPC files (Parquet where an earlier version wrote them)
+PLATE_PROFILE_SUFFIXES = (PART_SUFFIX, ".parquet")
 FAILURE_COLUMNS = ["Metadata_Experiment", "Metadata_Plate", "Metadata_Well", "Metadata_Site", "stage", "error"]
 STATS_SITES = 8  # sites a plate's crop normalization statistics are pooled over
 
@@ -123,9 +125,9 @@ def make_units(out: Path, experiment: str, plate, records: Sequence[SiteRecord],
             stem = f"{chunk[0]}-{chunk[-1]}"
             units.append(Unit(experiment=experiment, plate=plate, cell_type=cell_type,
                               sites=tuple(r for w in chunk for r in sorted(by_well[w], key=lambda r: r.key.site)),
-                              cells_part=str(parts_dir / f"{stem}.cells.parquet"),
-                              wells_part=str(parts_dir / f"{stem}.wells.parquet"),
-                              sites_part=str(parts_dir / f"{stem}.sites.parquet"), stats=stats))  # fmt: skip
+                              cells_part=str(parts_dir / f"{stem}.cells{PART_SUFFIX}"),
+                              wells_part=str(parts_dir / f"{stem}.wells{PART_SUFFIX}"),
+                              sites_part=str(parts_dir / f"{stem}.sites{PART_SUFFIX}"), stats=stats))  # fmt: skip
     return units
 
 
@@ -247,10 +249,13 @@ def _execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pr
             results.append(run_unit(u, ctx))
             progress.unit_finished(results[-1], len(u.sites))
         return results, {}
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
+    from pipelines import pool
+
+    pool.settle()  # the workers the command line started early (pipelines.pool), if it did: these units run on them
     by_name = {u.name: u for u in units}
-    runner = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered", inner_max_num_threads=1)
+    runner = pool.parallel(jobs)
     tasks = [delayed(run_unit)(u, ctx) for u in units]
     tasks += [delayed(warm_task)(ctx, units[0].cell_type) for _ in range(jobs - len(units))]  # idle workers help compile
     for result in runner(tasks):
@@ -337,11 +342,13 @@ def clean_plate(out: Path, experiment: str, plate, *, overwrite: bool) -> None:
     if overwrite:
         final.unlink(missing_ok=True)
         for kind in PROFILES:
-            (out / kind / ".plates" / experiment / f"{stem}.parquet").unlink(missing_ok=True)
+            for suffix in PLATE_PROFILE_SUFFIXES:
+                (out / kind / ".plates" / experiment / f"{stem}{suffix}").unlink(missing_ok=True)
     if overwrite or final.is_file():
         shutil.rmtree(parts, ignore_errors=True)
     leftovers = [*folder.glob(f".{stem}.parquet.*.part"), *(parts.glob(".*.part") if parts.is_dir() else [])]
-    leftovers += [f for kind in PROFILES for f in (out / kind / ".plates" / experiment).glob(f".{stem}.parquet.*.part")]
+    leftovers += [f for kind in PROFILES for suffix in PLATE_PROFILE_SUFFIXES
+                  for f in (out / kind / ".plates" / experiment).glob(f".{stem}{suffix}.*.part")]  # fmt: skip
     for f in leftovers:
         f.unlink(missing_ok=True)
 
@@ -352,8 +359,7 @@ def finish_plate(out: Path, experiment: str, plate, units: list[Unit], provenanc
     failures = [row for u in units for row in json.loads(u.failures_part().read_text())]
     stem = plate_stem(plate)
     for kind in PROFILES:
-        concat_parquet([Path(getattr(u, f"{kind}_part")) for u in units], out / kind / ".plates" / experiment / f"{stem}.parquet",
-                       provenance, row_group_rows=PROFILE_ROW_GROUP_ROWS)  # fmt: skip
+        concat_parts([Path(getattr(u, f"{kind}_part")) for u in units], out / kind / ".plates" / experiment / f"{stem}{PART_SUFFIX}")
     (out / "failures" / ".plates" / experiment).mkdir(parents=True, exist_ok=True)
     write_csv(pd.DataFrame(failures, columns=FAILURE_COLUMNS), out / "failures" / ".plates" / experiment / f"{stem}.csv")
     concat_parquet([Path(u.cells_part) for u in units], cells, provenance, row_group_rows=CELLS_ROW_GROUP_ROWS)
@@ -364,10 +370,11 @@ def finish_plate(out: Path, experiment: str, plate, units: list[Unit], provenanc
 def write_profiles(out: Path, kind: str, experiment: str, wells: pd.DataFrame, provenance: dict) -> Path | None:
     """``{kind}/{experiment}.parquet`` (kind ``wells`` or ``sites``) from every finished plate of
     the experiment, with the input's well metadata (cell type, well type, labels...)."""
-    plate_files = sorted((out / kind / ".plates" / experiment).glob("Plate*.parquet"))
+    folder = out / kind / ".plates" / experiment
+    plate_files = {p.stem: p for suffix in reversed(PLATE_PROFILE_SUFFIXES) for p in folder.glob(f"Plate*{suffix}")}
     if not plate_files:
         return None
-    table = pd.concat([pd.read_parquet(p) for p in plate_files], ignore_index=True)
+    table = pd.concat([read_part(plate_files[stem]).to_pandas() for stem in sorted(plate_files)], ignore_index=True)
     keys = list(WELL_KEYS)
     meta_columns = [c for c in wells.columns if c not in keys and c not in table.columns]
     table = table.merge(wells[keys + meta_columns], on=keys, how="left",
@@ -501,6 +508,15 @@ def extract_experiment(sites: SiteSet, experiment: str, ctx: Context, args, out:
 
 
 def run(args) -> int:
+    from pipelines import pool
+
+    try:
+        return _run(args)
+    finally:
+        pool.settle()  # workers started early (pipelines.pool) and not used: their start tasks collected
+
+
+def _run(args) -> int:
     start = time.perf_counter()
     config = with_device(load_config(args.config, rxrx1=bool(args.data_root)), args.device)
     sites = open_input(config=config, data_root=args.data_root, load_data=args.load_data, metadata=args.metadata,

@@ -30,7 +30,7 @@ from cellfeat.features.measure import measure_objects
 from cellfeat.images import ImageError, load_site, site_full_scale
 from cellfeat.layout import SiteKey, SiteRecord, plate_stem
 from pipelines.settings import Settings
-from pipelines.tables import write_parquet
+from pipelines.tables import write_part
 
 log = logging.getLogger(__name__)
 
@@ -472,10 +472,10 @@ def empty_cells(unit: Unit) -> pd.DataFrame:
                          "Metadata_BorderObject": pd.Series([], dtype=bool)})  # fmt: skip
 
 
-def _write(table: pd.DataFrame, path: str, ctx: Context) -> None:
+def _write(table: pd.DataFrame, path: str) -> None:
     try:
         with CLOCK("write"):
-            write_parquet(table, path, ctx.provenance)
+            write_part(table, path)
     except OSError as exc:
         raise RuntimeError(f"cannot write {path}: {type(exc).__name__}: {exc}. Free disk space or fix the output "
                            "folder's permissions, then rerun: finished units are kept") from exc  # fmt: skip
@@ -511,9 +511,9 @@ def run_unit(unit: Unit, ctx: Context) -> UnitResult:
         except OSError as exc:
             raise RuntimeError(f"cannot write {unit.failures_part()}: {exc}. Free disk space or fix the output "
                                "folder's permissions, then rerun") from exc  # fmt: skip
-        _write(wells, unit.wells_part, ctx)
-        _write(sites, unit.sites_part, ctx)
-        _write(cells, unit.cells_part, ctx)
+        _write(wells, unit.wells_part)
+        _write(sites, unit.sites_part)
+        _write(cells, unit.cells_part)
         result.sites = len(measured)
         result.cells = len(cells)
         result.failures = failures

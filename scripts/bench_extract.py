@@ -74,6 +74,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from cellfeat.layout import SiteKey, cell_type_of, discover_sites, read_metadata, site_files  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.settings import rxrx1_channel_numbers, rxrx1_settings  # noqa: E402
+from pipelines.tables import PART_SUFFIX  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "rxrx1"
@@ -317,7 +318,7 @@ def merge_bench(part: Path, n_parts: int, work: Path, row_group_rows: list[int])
     folder.mkdir(parents=True, exist_ok=True)
     parts = []
     for i in range(n_parts):
-        link = folder / f"part{i:03d}.parquet"
+        link = folder / f"part{i:03d}{part.suffix}"
         if not link.exists():
             _link(part, link)
         parts.append(link)
@@ -372,8 +373,8 @@ def _unit(data: Path, work: Path, config: dict, experiment: str, wells: list[str
     names = [f"w{n}" for n in rxrx1_channel_numbers(config)]
     stats = plate_stats(records, names, skip=set())[0] if embed else None
     return Unit(experiment=experiment, plate=1, cell_type=cell_type_of(experiment), sites=tuple(records[:n_sites]),
-                cells_part=str(work / f"{experiment}.cells.parquet"), wells_part=str(work / f"{experiment}.wells.parquet"),
-                sites_part=str(work / f"{experiment}.sites.parquet"),
+                cells_part=str(work / f"{experiment}.cells{PART_SUFFIX}"), wells_part=str(work / f"{experiment}.wells{PART_SUFFIX}"),
+                sites_part=str(work / f"{experiment}.sites{PART_SUFFIX}"),
                 stats=stats)  # fmt: skip
 
 
@@ -386,7 +387,7 @@ def stage_split(unit, ctx) -> tuple[dict[str, float], int, float]:
     patches = [
         (eu, "load_site", "load"), (eu, "segment_sites", "segment"),
         (eu, "_site_table", "features"), (cellfeat.embed, "embed_sites", "embed"),
-        (eu, "aggregate_wells", "aggregate"), (eu, "write_parquet", "write"),
+        (eu, "aggregate_wells", "aggregate"), (eu, "write_part", "write"),
     ]  # fmt: skip
     with contextlib.ExitStack() as stack:
         for module, name, stage in patches:
@@ -644,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
         from pipelines.extract import CELLS_ROW_GROUP_ROWS
 
         print(f"merging {args.merge_parts} unit files of {merge_ct} into a plate file:", flush=True)
-        merge = merge_bench(work / "parts" / f"{sources[merge_ct].experiment}.cells.parquet", args.merge_parts, work,
+        merge = merge_bench(work / "parts" / f"{sources[merge_ct].experiment}.cells{PART_SUFFIX}", args.merge_parts, work,
                             [0, CELLS_ROW_GROUP_ROWS])  # fmt: skip
 
     # 4. end to end (5. peak memory: measured in every run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from cellfeat.synth import SynthSpec, generate
 from pipelines.cli import main
-from pipelines.tables import concat_parquet, read_provenance
+from pipelines.tables import concat_parquet, read_part, read_provenance, write_part
 
 FAST = """
 [features]
@@ -100,11 +101,11 @@ def test_killed_run_resumes_and_gives_the_same_tables(dataset, reference, tmp_pa
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     parts = out / "cells" / "U2OS-01" / ".Plate1.parts"
     deadline = time.time() + 120
-    while time.time() < deadline and not list(parts.glob("*.cells.parquet")):
+    while time.time() < deadline and not list(parts.glob("*.cells.arrow")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = list(parts.glob("*.cells.parquet"))
+    finished = list(parts.glob("*.cells.arrow"))
     assert finished, "the run was killed before it finished any unit"
     assert not (out / "wells" / "U2OS-01.parquet").exists()
     assert main(_argv(dataset, out)) == 0
@@ -159,20 +160,26 @@ def test_unknown_experiment_is_a_clear_error(dataset, tmp_path, caplog):
     assert "'U2OS-09' is not in the metadata" in caplog.text
 
 
-def test_plate_merge_gathers_units_into_row_groups_and_unions_columns(tmp_path):
+@pytest.mark.parametrize("kind", ["arrow", "parquet", "mixed"])
+def test_plate_merge_gathers_units_into_row_groups_and_unions_columns(tmp_path, kind):
     parts = []
     for i, n in enumerate([3, 4, 0, 5]):
         table = pd.DataFrame({"Metadata_Well": [f"B{i:02d}"] * n, "x": np.arange(n, dtype=np.float32)})
         if i == 1:
             table["y"] = np.float32(1)  # a column only one part has
-        parts.append(tmp_path / f"part{i}.parquet")
-        table.to_parquet(parts[-1], index=False)
+        if kind == "arrow" or (kind == "mixed" and i % 2):
+            parts.append(write_part(table, tmp_path / f"part{i}.arrow"))  # a unit's part, as extract writes it
+            pd.testing.assert_frame_equal(read_part(parts[-1]).to_pandas(), table)
+        else:
+            parts.append(tmp_path / f"part{i}.parquet")
+            table.to_parquet(parts[-1], index=False)
     out = tmp_path / "plate.parquet"
     assert concat_parquet(parts, out, row_group_rows=6) == 12
     meta = pq.ParquetFile(out).metadata
     assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [7, 5]  # 3 + 4, then 0 + 5
     merged = pd.read_parquet(out)
     assert list(merged.columns) == ["Metadata_Well", "x", "y"] and merged["y"].notna().sum() == 4
+    assert merged["x"].tolist() == [0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4] and merged["Metadata_Well"].iloc[-1] == "B03"
     assert concat_parquet(parts, out) == 12 and pq.ParquetFile(out).metadata.num_row_groups == 4  # default: one a part
 
 
@@ -327,12 +334,12 @@ def test_a_killed_run_with_the_device_stage_in_the_main_process_resumes_exactly(
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     parts = out / "cells" / "U2OS-01" / ".Plate1.parts"
     deadline = time.time() + 120
-    while time.time() < deadline and not list(parts.glob("*.cells.parquet")):
+    while time.time() < deadline and not list(parts.glob("*.cells.arrow")):
         time.sleep(0.05)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert list(parts.glob("*.cells.parquet")) and not (out / "wells" / "U2OS-01.parquet").exists()
+    assert list(parts.glob("*.cells.arrow")) and not (out / "wells" / "U2OS-01.parquet").exists()
     deadline = time.time() + 30
     while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
         time.sleep(0.2)
@@ -411,3 +418,19 @@ def test_a_run_with_fewer_units_than_workers_sets_the_idle_ones_compiling(datase
         want = pd.read_parquet(reference / path)
         want = want[want["Metadata_Plate"] == 1].reset_index(drop=True)
         pd.testing.assert_frame_equal(pd.read_parquet(out / path), want)
+
+
+def test_plates_finished_by_an_earlier_version_still_make_the_profile_tables(reference, dataset, tmp_path):
+    """Before 2026-12-06 a finished plate's per-well and per-site rows were kept as Parquet
+    (OUT/{kind}/.plates/{experiment}/Plate{p}.parquet); a rerun on such a folder reads them."""
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    for kind in ("wells", "sites"):
+        old = out / kind / ".plates" / "U2OS-01" / "Plate1.arrow"
+        pq.write_table(read_part(old), old.with_suffix(".parquet"))
+        old.unlink()
+        (out / kind / "U2OS-01.parquet").unlink()
+    assert main(_argv(dataset, out)) == 0
+    for kind in ("wells", "sites"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / kind / "U2OS-01.parquet"),
+                                      pd.read_parquet(reference / kind / "U2OS-01.parquet"))  # fmt: skip

@@ -280,10 +280,11 @@ def test_an_output_folder_that_cannot_be_written_is_named(base, tmp_path, caplog
     assert "cannot write to the output folder" in caplog.text and str(blocker) in caplog.text
 
 
-@pytest.mark.parametrize("where", ["units", "plate merge"])
+@pytest.mark.parametrize("where", ["units", "plate merge", "profiles"])
 def test_a_full_disk_leaves_no_truncated_file_and_a_rerun_completes(base, tmp_path, caplog, monkeypatch, where):
     """A write that fails half way (ENOSPC): the run stops with an error naming the fix, no
     Parquet file is left under a final name or as a temporary, and a rerun gives the clean tables."""
+    import pyarrow.ipc as ipc
     import pyarrow.parquet as pq
 
     def full(*args, **kwargs):
@@ -293,14 +294,28 @@ def test_a_full_disk_leaves_no_truncated_file_and_a_rerun_completes(base, tmp_pa
     def full_writer(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    if where == "units":
-        monkeypatch.setattr(pq, "write_table", full)
-    else:
+    def full_part(sink, *args, **kwargs):
+        sink.write(b"ARROW1 half a file")
+        raise OSError(28, "No space left on device")
+
+    if where == "units":  # a unit's part files (Arrow IPC)
+        monkeypatch.setattr(ipc, "new_file", full_part)
+    elif where == "plate merge":
         monkeypatch.setattr(pq.ParquetWriter, "write_table", full_writer)
+    else:  # the experiment's wells/ and sites/ tables
+        monkeypatch.setattr(pq, "write_table", full)
     out = tmp_path / "out"
     assert main(argv(base / "data", out, base / "fast.toml")) == 2
     assert "No space left on device" in caplog.text and "Free disk space" in caplog.text
-    assert not [p for p in final_files(out) if p.suffix == ".parquet"] and not temp_files(out)
+    finished = [p for p in final_files(out) if p.suffix == ".parquet"]
+    if where == "profiles":  # the plates were finished and merged: their cell files stand, whole
+        assert [p.parent.name for p in finished] == [EXPERIMENT] * len(finished) and pq.read_table(finished[0]).num_rows
+        assert not (out / "wells" / f"{EXPERIMENT}.parquet").exists() and not (out / "sites" / f"{EXPERIMENT}.parquet").exists()
+    else:
+        assert not finished
+    assert not temp_files(out)
+    if where == "units":
+        assert not list(out.rglob("*.arrow"))  # no unit finished: no part under its final name
     monkeypatch.undo()
     assert main(argv(base / "data", out, base / "fast.toml")) == 0
     assert_same_tables(tables(out), tables(base / "reference"))

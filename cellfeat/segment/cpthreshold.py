@@ -20,7 +20,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.interpolate
 import scipy.ndimage as ndi
 from skimage import filters
 
@@ -198,6 +197,8 @@ def _blocks(image: np.ndarray, settings: ThresholdSettings, tolerance: float) ->
     order = min(3, int(np.min(nblocks)) - 1)
     x = np.linspace(int(increment[0] / 2), int((nblocks[0] - 0.5) * increment[0]), nblocks[0])
     y = np.linspace(int(increment[1] / 2), int((nblocks[1] - 0.5) * increment[1]), nblocks[1])
+    import scipy.interpolate  # here: 0.2 s to import, and only adaptive thresholds use it
+
     spline = scipy.interpolate.RectBivariateSpline(x, y, thresholds, bbox=(0.5, image.shape[0] - 0.5, 0.5, image.shape[1] - 0.5),
                                                    kx=order, ky=order)  # fmt: skip
     return spline(np.linspace(0.5, int(nblocks[0] * increment[0]) - 0.5, image.shape[0]),

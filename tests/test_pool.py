@@ -1,0 +1,53 @@
+"""extract's worker processes started early (pipelines.pool): later units run on the same workers."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from joblib import delayed
+
+from pipelines import pool
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def test_the_units_run_on_the_workers_started_early():
+    pool.start(2, embed=False)
+    starting = pool._STARTING
+    assert starting is not None
+    started = set(starting)  # the start tasks' process ids (collected here instead of by settle)
+    pool._STARTING = None
+    assert len(started) == 2 and os.getpid() not in started
+    ran = set(pool.parallel(2)(delayed(_pid)() for _ in range(8)))
+    assert ran <= started  # reused, not restarted: the imports they made are there for the units
+
+
+def test_start_tasks_are_collected_and_the_workers_kept():
+    before = set(pool.parallel(2)(delayed(_pid)() for _ in range(8)))
+    pool.start(2, embed=False)
+    pool.settle()
+    assert pool._STARTING is None
+    pool.settle()  # nothing to collect: no error
+    assert set(pool.parallel(2)(delayed(_pid)() for _ in range(8))) <= before  # not killed and restarted
+
+
+def test_a_run_that_fails_before_its_units_collects_its_start_tasks(tmp_path, monkeypatch):
+    from pipelines.cli import main
+
+    started = []
+    start = pool.start
+    monkeypatch.setattr(pool, "start", lambda jobs, *, embed: (started.append(jobs), start(jobs, embed=embed)))
+    argv = ["extract", "--data-root", str(tmp_path / "none"), "--metadata", str(tmp_path / "none"), "--experiment", "X",
+            "--out", str(tmp_path / "out"), "--jobs", "2"]  # fmt: skip
+    assert main(argv) == 2
+    assert started == [2] and pool._STARTING is None  # started early, collected when the run failed
+
+
+def test_nothing_is_started_for_one_job_or_a_dask_cluster(tmp_path):
+    for args in (SimpleNamespace(jobs=1, dask=None, config=None, data_root=None, no_embed=False),
+                 SimpleNamespace(jobs=2, dask="tcp://x:8786", config=None, data_root=None, no_embed=False)):  # fmt: skip
+        pool.prestart(args)
+        assert pool._STARTING is None
