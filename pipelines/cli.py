@@ -272,5 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def command() -> int:
+    """The ``cellfeat`` command: :func:`main`, then the worker processes it leaves stopped at once
+    (:func:`pipelines.pool.release`) instead of at the interpreter's leisurely exit."""
+    code = main()
+    from pipelines.pool import release
+
+    release()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

@@ -65,6 +65,17 @@ def settle() -> None:
         log.debug("a worker's start task failed: %s: %s", type(exc).__name__, exc)
 
 
+def release() -> None:
+    """Stop the local workers now, at the end of the command: killed, not asked to stop (their
+    units are done and written). Left to the interpreter's exit, loky stops them gracefully,
+    which took 0.8 s of a 6 s four-site call on 2 cores (2026-12-06)."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor  # None where no loky worker was started
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
 def prestart(args) -> None:
     """``cellfeat extract``'s early start: its local workers, where it will use them (see the
     module's text). Reads the config only to know whether the workers will embed."""

@@ -51,3 +51,18 @@ def test_nothing_is_started_for_one_job_or_a_dask_cluster(tmp_path):
                  SimpleNamespace(jobs=2, dask="tcp://x:8786", config=None, data_root=None, no_embed=False)):  # fmt: skip
         pool.prestart(args)
         assert pool._STARTING is None
+
+
+def test_release_stops_the_workers_at_once_and_a_later_run_starts_new_ones():
+    import time
+    from pathlib import Path
+
+    pids = set(pool.parallel(2)(delayed(_pid)() for _ in range(4)))
+    start = time.perf_counter()
+    pool.release()
+    assert time.perf_counter() - start < 0.5  # killed, not waited for
+    alive = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]]
+    assert not alive
+    assert set(pool.parallel(2)(delayed(_pid)() for _ in range(4))).isdisjoint(pids)
+    pool.release()
+    pool.release()  # none left: nothing to do
