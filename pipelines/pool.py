@@ -34,11 +34,20 @@ def parallel(jobs: int):
 
 
 def start_task(embed: bool) -> int:
-    """A worker's first task: import what every unit needs (and torch where the workers embed)."""
+    """A worker's first task: import what every unit needs (and torch where the workers embed).
+
+    It also turns off loky's leak check in this worker: loky takes a worker's memory after its
+    first task as the reference and replaces any worker that later holds 300 MB more. After a
+    start task that only imported, every worker's first unit (the network, numba's kernels, a
+    unit's images: +0.4-0.6 GB) looked like a leak, and the worker was replaced by a fresh one
+    that imported everything again (seen as 3-4 worker processes for ``--jobs 2``)."""
     import pipelines.extract_unit  # noqa: F401  (our stages, numba, pandas, scipy, scikit-image)
 
     if embed:
         import cellfeat.embed  # noqa: F401  (torch)
+    from joblib.externals.loky import process_executor
+
+    process_executor._USE_PSUTIL = False  # read by the worker's loop after each task (a module global)
     return os.getpid()
 
 
