@@ -272,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def command() -> int:
+def command(argv: list[str] | None = None) -> int:
     """The ``cellfeat`` command: :func:`main`, then the worker processes it leaves stopped at once
     (:func:`pipelines.pool.release`) instead of at the interpreter's leisurely exit."""
-    code = main()
+    code = main(argv)
     from pipelines.pool import release
 
     release()

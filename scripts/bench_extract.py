@@ -91,11 +91,11 @@ def hwm_mib():
             return int(line.split()[1]) / 1024
 """
 
-# Run by each extract subprocess: the `cellfeat extract` code path, then its own peak RSS.
+# Run by each extract subprocess: the `cellfeat extract` command's code path, then its own peak RSS.
 CHILD = HWM + """
 import json, sys
-from pipelines.cli import main
-rc = main(sys.argv[2:])
+from pipelines.cli import command
+rc = command(sys.argv[2:])
 with open(sys.argv[1], "w") as f:
     json.dump({"rc": rc, "peak_mib": hwm_mib()}, f)
 sys.exit(rc)
