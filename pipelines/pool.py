@@ -87,7 +87,8 @@ def release() -> None:
 
 def prestart(args) -> None:
     """``cellfeat extract``'s early start: its local workers, where it will use them (see the
-    module's text). Reads the config only to know whether the workers will embed."""
+    module's text). Reads the config only to know whether the workers will embed, and whether
+    the device stages run in the main process with workers of their own."""
     from cellfeat.device import no_gpu_possible
     from pipelines.config import load_config
 
@@ -97,5 +98,7 @@ def prestart(args) -> None:
         config = load_config(args.config, rxrx1=bool(args.data_root))
     except Exception:  # the run itself reports a bad config, with the fix
         return
-    embed = bool(config.get("extract", {}).get("embed", True)) and not args.no_embed
-    start(args.jobs, embed=embed)
+    extract = config.get("extract", {})
+    if extract.get("device_stages") == "main":  # its workers are its own (pipelines.extract_device)
+        return
+    start(args.jobs, embed=bool(extract.get("embed", True)) and not args.no_embed)

@@ -84,20 +84,36 @@ def test_start_tasks_are_collected_and_the_workers_kept():
 def test_a_run_that_fails_before_its_units_collects_its_start_tasks(tmp_path, monkeypatch):
     from pipelines.cli import main
 
+    import cellfeat.device
+
     started = []
     start = pool.start
     monkeypatch.setattr(pool, "start", lambda jobs, *, embed: (started.append(jobs), start(jobs, embed=embed)))
+    monkeypatch.setattr(cellfeat.device, "no_gpu_possible", lambda: True)  # as on a machine without a GPU
     argv = ["extract", "--data-root", str(tmp_path / "none"), "--metadata", str(tmp_path / "none"), "--experiment", "X",
             "--out", str(tmp_path / "out"), "--jobs", "2"]  # fmt: skip
     assert main(argv) == 2
     assert started == [2] and pool._STARTING is None  # started early, collected when the run failed
 
 
-def test_nothing_is_started_for_one_job_or_a_dask_cluster(tmp_path):
+def test_nothing_is_started_for_one_job_a_dask_cluster_or_the_device_stages_own_workers(tmp_path, monkeypatch):
+    import cellfeat.device
+
+    started = []
+    monkeypatch.setattr(pool, "start", lambda jobs, *, embed: started.append((jobs, embed)))
+    monkeypatch.setattr(cellfeat.device, "no_gpu_possible", lambda: True)  # as on a machine without a GPU
+    main_stages = tmp_path / "main.toml"
+    main_stages.write_text('[extract]\ndevice_stages = "main"\n')
+    no_embed = tmp_path / "no_embed.toml"
+    no_embed.write_text("[extract]\nembed = false\n")
     for args in (SimpleNamespace(jobs=1, dask=None, config=None, data_root=None, no_embed=False),
-                 SimpleNamespace(jobs=2, dask="tcp://x:8786", config=None, data_root=None, no_embed=False)):  # fmt: skip
+                 SimpleNamespace(jobs=2, dask="tcp://x:8786", config=None, data_root=None, no_embed=False),
+                 SimpleNamespace(jobs=2, dask=None, config=str(main_stages), data_root=None, no_embed=False)):  # fmt: skip
         pool.prestart(args)
-        assert pool._STARTING is None
+    assert started == []
+    for config, no_embed_flag in ((None, False), (None, True), (str(no_embed), False)):
+        pool.prestart(SimpleNamespace(jobs=3, dask=None, config=config, data_root=None, no_embed=no_embed_flag))
+    assert started == [(3, True), (3, False), (3, False)]  # torch imported only where the workers embed
 
 
 def test_release_stops_the_workers_at_once_and_a_later_run_starts_new_ones():
