@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,7 @@ from torch import nn
 
 from cellfeat.device import resolve_device, resolve_precision
 from cellfeat.embed_config import EmbedError, TrainSettings
+from cellfeat.files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,8 @@ def run_key(settings: TrainSettings, train: CropSet, classes: np.ndarray, extra:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def evaluate(model: Classifier, data: CropSet, index: np.ndarray, device: torch.device, batch: int, autocast) -> dict:

@@ -25,7 +25,6 @@ Deterministic: the same :class:`SynthSpec` gives the same bytes, whatever the wo
 
 from __future__ import annotations
 
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage as ndi
 
+from cellfeat.files import replacing
 from cellfeat.layout import N_TREATMENTS, NEGATIVE_CONTROL, POSITIVE_CONTROLS, cell_type_of
 
 N_CHANNELS = 6
@@ -357,15 +357,13 @@ def render_site(
 
 
 def _write_png(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def plate_sites(spec: SynthSpec, wells: pd.DataFrame, effects: pd.DataFrame):

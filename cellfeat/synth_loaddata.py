@@ -18,12 +18,13 @@ CellProfiler's [0, 1] scale); AGP's mean keeps its half steps in the 16 bits.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tifffile
+
+from cellfeat.files import replacing
 
 CHANNELS = {"DNA": (0,), "ER": (1,), "RNA": (3,), "AGP": (2, 5), "Mito": (4,)}
 
@@ -61,9 +62,8 @@ def write_plate_tiffs(spec, wells: pd.DataFrame, effects: pd.DataFrame, out: Pat
         total += drawn.n_cells
         for name, plane in to_channels(drawn.image).items():
             path = folder / _file(row.well, field, name)
-            tmp = path.with_name(path.name + ".part")
-            tifffile.imwrite(tmp, plane, photometric="minisblack")
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                tifffile.imwrite(tmp, plane, photometric="minisblack")
     return total
 
 

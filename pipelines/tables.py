@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +13,9 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from cellfeat.errors import InputError
+from cellfeat.files import replacing
 
 PROVENANCE_KEY = b"cellfeat"
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.part")
-
-
-@contextmanager
-def replacing(path: Path):
-    """Yield a temporary name beside ``path``; on success rename it to ``path``, on any failure
-    (a full disk, a kill signal turned exception) remove it: no final name ever holds a part file."""
-    tmp = _tmp(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:

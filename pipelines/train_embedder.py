@@ -28,12 +28,12 @@ import numpy as np
 
 from cellfeat.embed_config import ChannelMode, EmbedError, Normalization, TrainSettings
 from cellfeat.errors import InputError
+from cellfeat.files import replacing
 from cellfeat.layout import plate_stem
 from pipelines.config import load_config, with_device
 from pipelines.extract_unit import Context
 from pipelines.inputs import open_input
 from pipelines.settings import dataclass_hints, parse_settings, typed_table
-from pipelines.tables import replacing
 
 log = logging.getLogger(__name__)
 
