@@ -349,9 +349,10 @@ class Embedder:
             raise EmbedError(f"embedding name {name!r} must be letters and digits only (it goes into column names)")
         self.device = resolve_device(device)
         self.autocast = resolve_precision(precision, self.device)
-        self.module = module.to(self.device).eval()
-        if self.device.type == "cuda":
-            self.module = self.module.to(memory_format=torch.channels_last)
+        # channels-last on every device: on a CPU (oneDNN) EfficientNet-Lite0 ran 1.44x faster
+        # (2.16 vs 3.11 ms a 64-px crop, one thread, 2026-12-06), its outputs within 3e-6 relative
+        # of the default layout's, the size of the differences between batch sizes either way
+        self.module = module.to(self.device).eval().to(memory_format=torch.channels_last)
         self.name = name
         self.batch_size = int(batch_size) or AUTO_BATCH[self.device.type]
         self._dim: int | None = None
@@ -418,8 +419,7 @@ class Embedder:
                 size = padded_batch(n, self.batch_size)
                 if size > n:
                     batch = torch.cat([batch, batch.new_zeros((size - n, *batch.shape[1:]))])
-                if self.device.type == "cuda":
-                    batch = batch.contiguous(memory_format=torch.channels_last)
+                batch = batch.contiguous(memory_format=torch.channels_last)
                 out.append(pooled(self.module(batch))[:n].float())
             result = torch.cat(out).cpu().numpy()
         self._dim = result.shape[1]

@@ -136,9 +136,7 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
 def _step(model, optimizer, criterion, host, targets, generator, device, autocast, settings, lr) -> torch.Tensor:
     """One optimizer step on a batch of host crops; returns the loss, left on the device (reading
     it would wait for the GPU every step)."""
-    x = augment(host.to(device, non_blocking=True).float(), generator, settings.jitter)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = augment(host.to(device, non_blocking=True).float(), generator, settings.jitter).contiguous(memory_format=torch.channels_last)
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
@@ -177,7 +175,7 @@ def evaluate(model: Classifier, data: CropSet, index: np.ndarray, device: torch.
     with torch.inference_mode(), torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         rows = np.flatnonzero(keep)
         for start in range(0, len(rows), batch):
-            x = torch.from_numpy(data.crops[rows[start : start + batch]]).to(device).float()
+            x = torch.from_numpy(data.crops[rows[start : start + batch]]).to(device).float().contiguous(memory_format=torch.channels_last)
             logits.append(torch.log_softmax(model(x).float(), dim=1).cpu())
     logp = torch.cat(logits).numpy()
     y = index[keep]
@@ -236,9 +234,8 @@ def _train(backbone, train, out, *, settings, valid, recipe, on_epoch) -> dict:
     feature_dim = dim
     if settings.embedding_dim:
         backbone, dim = Projected(backbone, dim, settings.embedding_dim), settings.embedding_dim
-    model = Classifier(backbone, dim, len(classes)).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # channels-last on every device: a CPU's training step ran 1.4x faster (5.1 vs 7.2 ms a crop, 2 threads, 2026-12-06)
+    model = Classifier(backbone, dim, len(classes)).to(device).to(memory_format=torch.channels_last)
     batch = settings.batch_size or (512 if device.type == "cuda" else 64)
     steps_per_epoch = max(1, len(train) // batch)  # the last partial batch is dropped (BatchNorm)
     total = steps_per_epoch * settings.epochs
