@@ -212,6 +212,11 @@ def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pro
     """Run units serially, on ``jobs`` local processes (with the GPU stages in this process where
     ``device_stages`` says so: :mod:`pipelines.extract_device`), or on a Dask cluster; returns
     their results and where the time went."""
+    from pipelines import pool
+
+    start = time.perf_counter()
+    pool.settle()  # the workers the command line started early (pipelines.pool), if it did: the units run on them
+    starting = time.perf_counter() - start
     start = time.perf_counter()
     results, main = _execute(units, ctx, jobs=jobs, dask=dask, progress=progress, device_stages=device_stages)
     warm = [r for r in results if r.unit == WARM_UP]  # the idle workers' warm-up tasks: time, not units
@@ -221,6 +226,8 @@ def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pro
     for r in results + warm:
         for stage, seconds in r.stages.items():
             timing.workers[stage] = timing.workers.get(stage, 0.0) + seconds
+    if starting >= 0.05:  # waited for the workers' imports (pipelines.pool.start_task)
+        timing.outside["workers starting"] = starting
     return results, timing
 
 
@@ -253,7 +260,6 @@ def _execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pr
 
     from pipelines import pool
 
-    pool.settle()  # the workers the command line started early (pipelines.pool), if it did: these units run on them
     by_name = {u.name: u for u in units}
     runner = pool.parallel(jobs)
     tasks = [delayed(run_unit)(u, ctx) for u in units]
