@@ -215,7 +215,8 @@ def execute(units: list[Unit], ctx: Context, *, jobs: int, dask: str | None, pro
     from pipelines import pool
 
     start = time.perf_counter()
-    pool.settle()  # the workers the command line started early (pipelines.pool), if it did: the units run on them
+    if units:
+        pool.settle()  # the workers the command line started early (pipelines.pool), if it did: the units run on them
     starting = time.perf_counter() - start
     start = time.perf_counter()
     results, main = _execute(units, ctx, jobs=jobs, dask=dask, progress=progress, device_stages=device_stages)
@@ -519,7 +520,7 @@ def run(args) -> int:
     try:
         return _run(args)
     finally:
-        pool.settle()  # workers started early (pipelines.pool) and not used: their start tasks collected
+        pool.abandon()  # workers started early (pipelines.pool) and given no unit: stopped
 
 
 def _run(args) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,15 @@ def settle() -> None:
         log.debug("a worker's start task failed: %s: %s", type(exc).__name__, exc)
 
 
+def abandon() -> None:
+    """Where the early workers will run nothing (the run failed before its units, or found every
+    plate finished): stop them now instead of waiting for their imports (~2 s)."""
+    if _STARTING is None:
+        return
+    release()
+    settle()  # the start tasks end with the executor's shutdown, collected here
+
+
 def release() -> None:
     """Stop the local workers now, at the end of the command: killed, not asked to stop (their
     units are done and written). Left to the interpreter's exit, loky stops them gracefully,
@@ -94,6 +104,9 @@ def prestart(args) -> None:
 
     if args.jobs <= 1 or args.dask or not no_gpu_possible():
         return
+    experiment = getattr(args, "experiment", None)
+    if experiment and not args.overwrite and (Path(args.out) / "wells" / f"{experiment}.parquet").is_file():
+        return  # most likely a rerun of a finished job: nothing for workers to do (their imports took 1 s of its 1.5 s)
     try:
         config = load_config(args.config, rxrx1=bool(args.data_root))
     except Exception:  # the run itself reports a bad config, with the fix

@@ -73,18 +73,19 @@ def test_a_worker_that_grows_after_its_start_task_is_not_replaced():
 
 
 def test_start_tasks_are_collected_and_the_workers_kept():
-    before = set(pool.parallel(2)(delayed(_pid)() for _ in range(8)))
+    pool.release()  # fresh workers, as a command starts with
     pool.start(2, embed=False)
     pool.settle()
     assert pool._STARTING is None
     pool.settle()  # nothing to collect: no error
-    assert set(pool.parallel(2)(delayed(_pid)() for _ in range(8))) <= before  # not killed and restarted
+    there = _children()  # every worker of the executor (loky starts them all at once), not only those a few tasks reach
+    assert there
+    assert set(pool.parallel(2)(delayed(_pid)() for _ in range(8))) <= there  # not killed and restarted
 
 
 def test_a_run_that_fails_before_its_units_collects_its_start_tasks(tmp_path, monkeypatch):
-    from pipelines.cli import main
-
     import cellfeat.device
+    from pipelines.cli import main
 
     started = []
     start = pool.start
@@ -93,7 +94,18 @@ def test_a_run_that_fails_before_its_units_collects_its_start_tasks(tmp_path, mo
     argv = ["extract", "--data-root", str(tmp_path / "none"), "--metadata", str(tmp_path / "none"), "--experiment", "X",
             "--out", str(tmp_path / "out"), "--jobs", "2"]  # fmt: skip
     assert main(argv) == 2
-    assert started == [2] and pool._STARTING is None  # started early, collected when the run failed
+    assert started == [2] and pool._STARTING is None  # started early, stopped when the run failed
+
+
+def test_workers_given_nothing_to_do_are_stopped_without_waiting_for_their_imports():
+    import time
+
+    pool.start(2, embed=True)  # torch: over a second of imports
+    start = time.perf_counter()
+    pool.abandon()
+    assert pool._STARTING is None and time.perf_counter() - start < 1.0
+    assert len(set(pool.parallel(2)(delayed(_pid)() for _ in range(4)))) >= 1  # new workers start as usual
+    pool.abandon()  # nothing started: nothing to do
 
 
 def test_nothing_is_started_for_one_job_a_dask_cluster_or_the_device_stages_own_workers(tmp_path, monkeypatch):
@@ -106,14 +118,25 @@ def test_nothing_is_started_for_one_job_a_dask_cluster_or_the_device_stages_own_
     main_stages.write_text('[extract]\ndevice_stages = "main"\n')
     no_embed = tmp_path / "no_embed.toml"
     no_embed.write_text("[extract]\nembed = false\n")
-    for args in (SimpleNamespace(jobs=1, dask=None, config=None, data_root=None, no_embed=False),
-                 SimpleNamespace(jobs=2, dask="tcp://x:8786", config=None, data_root=None, no_embed=False),
-                 SimpleNamespace(jobs=2, dask=None, config=str(main_stages), data_root=None, no_embed=False)):  # fmt: skip
+    common = {"data_root": None, "no_embed": False, "experiment": None, "out": str(tmp_path / "out"), "overwrite": False}
+    for args in (SimpleNamespace(jobs=1, dask=None, config=None, **common),
+                 SimpleNamespace(jobs=2, dask="tcp://x:8786", config=None, **common),
+                 SimpleNamespace(jobs=2, dask=None, config=str(main_stages), **common)):  # fmt: skip
         pool.prestart(args)
     assert started == []
     for config, no_embed_flag in ((None, False), (None, True), (str(no_embed), False)):
-        pool.prestart(SimpleNamespace(jobs=3, dask=None, config=config, data_root=None, no_embed=no_embed_flag))
+        pool.prestart(SimpleNamespace(jobs=3, dask=None, config=config, data_root=None, no_embed=no_embed_flag,
+                                      experiment="E", out=str(tmp_path / "out"), overwrite=False))  # fmt: skip
     assert started == [(3, True), (3, False), (3, False)]  # torch imported only where the workers embed
+    (tmp_path / "out" / "wells").mkdir(parents=True)
+    (tmp_path / "out" / "wells" / "E.parquet").write_bytes(b"")  # the experiment's tables: a finished job
+    finished = SimpleNamespace(jobs=3, dask=None, config=None, data_root=None, no_embed=False, experiment="E",
+                               out=str(tmp_path / "out"), overwrite=False)  # fmt: skip
+    pool.prestart(finished)
+    assert len(started) == 3  # its rerun starts no workers early
+    finished.overwrite = True
+    pool.prestart(finished)
+    assert len(started) == 4  # unless it redoes everything
 
 
 def test_release_stops_the_workers_at_once_and_a_later_run_starts_new_ones():
