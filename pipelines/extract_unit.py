@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellfeat.aggregate import SITE_KEYS, aggregate_wells
-from cellfeat.features.measure import measure_objects
 from cellfeat.images import ImageError, load_site, site_full_scale
 from cellfeat.layout import SiteKey, SiteRecord, plate_stem
 from pipelines.settings import Settings
@@ -345,6 +343,9 @@ def feature_options(options: dict, scale: int) -> dict:
 
 
 def _site_table(record: SiteRecord, seg, pixels: np.ndarray, ctx: Context) -> pd.DataFrame:
+    # numba, imported here: extract's main process imports this module, its workers measure
+    from cellfeat.features.measure import measure_objects
+
     features, key = ctx.settings.features, record.key
     with CLOCK("features"):
         scale = site_full_scale(record.paths(ctx.settings.channels.names))
@@ -488,6 +489,8 @@ def run_unit(unit: Unit, ctx: Context) -> UnitResult:
     ``Metadata_CellCount`` 0, NaN features); sites that failed are in its failures instead.
     """
     _single_threaded()
+    from cellfeat.aggregate import SITE_KEYS, aggregate_wells  # numba: see _site_table
+
     start = time.perf_counter()
     CLOCK.take()  # this unit's stages only
     result = UnitResult(unit.name)

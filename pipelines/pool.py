@@ -42,7 +42,10 @@ def start_task(embed: bool) -> int:
     start task that only imported, every worker's first unit (the network, numba's kernels, a
     unit's images: +0.4-0.6 GB) looked like a leak, and the worker was replaced by a fresh one
     that imported everything again (seen as 3-4 worker processes for ``--jobs 2``)."""
-    import pipelines.extract_unit  # noqa: F401  (our stages, numba, pandas, scipy, scikit-image)
+    import cellfeat.aggregate  # noqa: F401  (numba)
+    import cellfeat.features.measure  # noqa: F401
+    import cellfeat.segment.classical  # noqa: F401  (scipy, scikit-image)
+    import pipelines.extract_unit  # noqa: F401  (our stages, pandas; it leaves the above to its functions)
 
     if embed:
         import cellfeat.embed  # noqa: F401  (torch)

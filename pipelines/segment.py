@@ -17,19 +17,22 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cellfeat.errors import ConfigError, InputError
 from cellfeat.images import composite, load_site, read_image, save_png
 from cellfeat.layout import SiteKey, plate_stem
-from cellfeat.segment.cellprofiler import exact_scale, identify_primary
-from cellfeat.segment.cellprofiler import segment_site as cellprofiler_site
-from cellfeat.segment.classical import segment_nuclei, segment_site
-from cellfeat.segment.objects import Segmentation, draw_outlines, touches_border
 from pipelines.config import load_config, with_device
 from pipelines.inputs import open_input
 from pipelines.settings import SEGMENTERS, ChannelSettings, Settings, parse_settings
+
+if TYPE_CHECKING:
+    from cellfeat.segment.objects import Segmentation
+
+# the segmenters (SciPy, scikit-image, numba) are imported where they run: extract's main process
+# imports this module for choose_segmenter, and its imports delay the workers' (pipelines.pool)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,8 @@ def save_labels(path: Path, seg: Segmentation, *, segmenter: str) -> Path:
 
 
 def overlay(site: np.ndarray, seg: Segmentation, channels: ChannelSettings) -> np.ndarray:
+    from cellfeat.segment.objects import draw_outlines
+
     rgb = composite(site, channels.colors, percentiles=channels.percentiles)
     return draw_outlines(draw_outlines(rgb, seg.cells, CELL_COLOR), seg.nuclei, NUCLEUS_COLOR)
 
@@ -101,6 +106,10 @@ def overlay(site: np.ndarray, seg: Segmentation, channels: ChannelSettings) -> n
 
 
 def _run_image(args, config: dict) -> int:
+    from cellfeat.segment.cellprofiler import exact_scale, identify_primary
+    from cellfeat.segment.classical import segment_nuclei
+    from cellfeat.segment.objects import draw_outlines, touches_border
+
     image = read_image(args.image)
     if image.ndim != 2:
         raise InputError(f"{args.image} is not one grey plane")
@@ -152,6 +161,9 @@ def _one_plane(config: dict) -> tuple[dict, list[str]]:
 
 
 def run(args) -> int:
+    from cellfeat.segment.cellprofiler import segment_site as cellprofiler_site
+    from cellfeat.segment.classical import segment_site
+
     config = with_device(load_config(args.config, rxrx1=bool(args.data_root)), args.device)
     if args.image:
         return _run_image(args, config)

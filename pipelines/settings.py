@@ -23,8 +23,13 @@ from cellfeat.device import PRECISIONS
 from cellfeat.embed_config import EmbedConfig
 from cellfeat.errors import ConfigError
 from cellfeat.layout import channel_name
-from cellfeat.segment.cellprofiler import PrimarySettings, SecondarySettings, ThresholdSettings
-from cellfeat.segment.classical import CellParams, NucleiParams
+from cellfeat.segment.params import (
+    CellParams,
+    NucleiParams,
+    PrimarySettings,
+    SecondarySettings,
+    ThresholdSettings,
+)
 
 SEGMENTERS = ("classical", "cellpose", "cellprofiler", "auto")
 DEVICE_STAGES = ("auto", "main", "workers")

@@ -380,6 +380,7 @@ def _unit(data: Path, work: Path, config: dict, experiment: str, wells: list[str
 
 def stage_split(unit, ctx) -> tuple[dict[str, float], int, float]:
     """``run_unit`` with its stages timed: (seconds per stage, cells, total seconds)."""
+    import cellfeat.aggregate
     import cellfeat.embed
     from pipelines import extract_unit as eu
 
@@ -387,7 +388,7 @@ def stage_split(unit, ctx) -> tuple[dict[str, float], int, float]:
     patches = [
         (eu, "load_site", "load"), (eu, "segment_sites", "segment"),
         (eu, "_site_table", "features"), (cellfeat.embed, "embed_sites", "embed"),
-        (eu, "aggregate_wells", "aggregate"), (eu, "write_part", "write"),
+        (cellfeat.aggregate, "aggregate_wells", "aggregate"), (eu, "write_part", "write"),
     ]  # fmt: skip
     with contextlib.ExitStack() as stack:
         for module, name, stage in patches:

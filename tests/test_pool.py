@@ -152,3 +152,21 @@ def test_release_stops_the_workers_at_once_and_a_later_run_starts_new_ones():
     assert set(pool.parallel(2)(delayed(_pid)() for _ in range(4))).isdisjoint(pids)
     pool.release()
     pool.release()  # none left: nothing to do
+
+
+def test_extracts_main_process_imports_no_kernels_segmenters_or_network():
+    """Its imports compete with the early workers' for the cores (a call's fixed cost): numba,
+    SciPy, scikit-image and torch are imported where the sites are processed, not by the main
+    process of a CPU run (the settings' segmenter dataclasses: cellfeat.segment.params)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.cli, pipelines.extract\n"
+            "from pipelines.config import load_config\n"
+            "from pipelines.segment import choose_segmenter\n"
+            "from pipelines.settings import parse_settings\n"
+            "settings = parse_settings(load_config(None, rxrx1=True), [f'w{i}' for i in range(1, 7)])\n"
+            "assert choose_segmenter('auto', settings) in ('classical', 'cellpose')\n"  # looks for Cellpose's weights
+            "print(sorted(m for m in ('numba', 'scipy', 'skimage', 'torch', 'sklearn') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -30,12 +30,17 @@ import os
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cellfeat.errors import ConfigError
-from cellfeat.segment.classical import check_plane, cytoplasm_signal
-from cellfeat.segment.objects import Segmentation, empty, pair_objects
+
+if TYPE_CHECKING:
+    from cellfeat.segment.objects import Segmentation
+
+# the classical segmenter's helpers (SciPy, scikit-image) are imported where a batch is segmented:
+# ``--segmenter auto`` imports this module in extract's main process only to look for weights
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +243,8 @@ class CellposeSegmenter:
 
     def _stack(self, sites: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``(N, H, W)`` nuclear and cytoplasm planes, checked."""
+        from cellfeat.segment.classical import check_plane, cytoplasm_signal
+
         if len(sites) == 0:
             raise ValueError("no sites to segment")
         shapes = {np.shape(s) for s in sites}
@@ -294,6 +301,8 @@ class CellposeSegmenter:
         One ``eval`` call per model for the whole batch. A site whose nuclear channel is
         constant gets an empty :class:`Segmentation`.
         """
+        from cellfeat.segment.objects import empty, pair_objects
+
         nuc_diameter, cell_diameter = diameter
         if nuc_diameter <= 0 or cell_diameter <= 0:
             raise ValueError(f"diameters must be > 0 px, got nucleus {nuc_diameter}, cell {cell_diameter}")

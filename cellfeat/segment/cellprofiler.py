@@ -21,15 +21,13 @@ and border filters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage as ndi
 
-from cellfeat.errors import ConfigError
 from cellfeat.segment import cpmorph
 from cellfeat.segment.cpthreshold import (
-    ThresholdSettings,
     apply_threshold,
     blur,
     blurred_ones,
@@ -42,37 +40,17 @@ from cellfeat.segment.objects import (
     relabel_sequential,
     touches_border,
 )
+from cellfeat.segment.params import (  # noqa: F401  (re-exported)
+    DIVIDING_METHODS,
+    FILL_HOLES,
+    SECONDARY_METHODS,
+    UNCLUMP_METHODS,
+    PrimarySettings,
+    SecondarySettings,
+    ThresholdSettings,
+)
 
-UNCLUMP_METHODS = ("intensity", "shape", "none")
-DIVIDING_METHODS = ("intensity", "shape", "propagate", "none")
-FILL_HOLES = ("never", "both", "declump")  # never; after both thresholding and declumping; after declumping only
 EIGHT = np.ones((3, 3), bool)
-
-
-@dataclass(frozen=True)
-class PrimarySettings:
-    """IdentifyPrimaryObjects' settings (CellProfiler's names in brackets)."""
-
-    min_diameter: float = 10  # [Typical diameter of objects, in pixel units (Min,Max)]
-    max_diameter: float = 40
-    discard_outside_diameter: bool = True  # [Discard objects outside the diameter range?]
-    discard_border: bool = True  # [Discard objects touching the border of the image?]
-    unclump: str = "intensity"  # [Method to distinguish clumped objects]
-    dividing_lines: str = "intensity"  # [Method to draw dividing lines between clumped objects]
-    smoothing_filter: float | None = None  # [Size of smoothing filter]; None: automatic
-    maxima_distance: float | None = None  # [Suppress local maxima that are closer than...]; None: automatic
-    low_resolution_maxima: bool = True  # [Speed up by using lower-resolution image to find local maxima?]
-    fill_holes: str = "both"  # [Fill holes in identified objects?]: CellProfiler's default, after thresholding and declumping
-    threshold: ThresholdSettings = field(default_factory=lambda: ThresholdSettings(smoothing_scale=1.3488))
-
-    def __post_init__(self):
-        for name, value, allowed in (("unclump", self.unclump, UNCLUMP_METHODS),
-                                     ("dividing_lines", self.dividing_lines, DIVIDING_METHODS),
-                                     ("fill_holes", self.fill_holes, FILL_HOLES)):  # fmt: skip
-            if value not in allowed:
-                raise ConfigError(f"IdentifyPrimaryObjects {name} {value!r}: expected one of {allowed}")
-        if not 0 < self.min_diameter <= self.max_diameter:
-            raise ConfigError(f"diameters must be 0 < min <= max, got {self.min_diameter}, {self.max_diameter}")
 
 
 @dataclass(frozen=True)
@@ -214,25 +192,6 @@ def identify_primary(image: np.ndarray, settings: PrimarySettings = PrimarySetti
 
 
 # --------------------------------------------------------------------------- secondary, tertiary
-
-SECONDARY_METHODS = ("propagation", "watershed_gradient", "watershed_image", "distance_n", "distance_b")
-
-
-@dataclass(frozen=True)
-class SecondarySettings:
-    """IdentifySecondaryObjects' settings (CellProfiler's names in brackets)."""
-
-    method: str = "propagation"  # [Select the method to identify the secondary objects]
-    regularization: float = 0.05  # [Regularization factor] (propagation)
-    distance: int = 10  # [Number of pixels by which to expand the primary objects] (distance methods)
-    fill_holes: bool = True  # [Fill holes in identified objects?]
-    discard_border: bool = False  # [Discard secondary objects touching the border of the image?]
-    threshold: ThresholdSettings = field(default_factory=ThresholdSettings)
-
-    def __post_init__(self):
-        if self.method not in SECONDARY_METHODS:
-            raise ConfigError(f"IdentifySecondaryObjects method {self.method!r}: expected one of {SECONDARY_METHODS}")
-
 
 @dataclass(frozen=True)
 class Secondary:

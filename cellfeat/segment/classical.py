@@ -40,55 +40,21 @@ up to rounding); lengths are in pixels and scale with the expected nucleus ``dia
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import feature, filters, measure, morphology, segmentation
 
-from cellfeat.segment.objects import LABEL_DTYPE, Segmentation, empty, from_labels, relabel_sequential
+from cellfeat.segment.objects import (
+    LABEL_DTYPE,
+    Segmentation,
+    empty,
+    from_labels,
+    relabel_sequential,
+)
+from cellfeat.segment.params import CLASSICAL_THRESHOLD_METHODS as THRESHOLD_METHODS
+from cellfeat.segment.params import CellParams, NucleiParams  # noqa: F401  (re-exported)
 from cellfeat.segment.watershed import watershed
-
-THRESHOLD_METHODS = ("li", "otsu")
-
-
-@dataclass(frozen=True)
-class NucleiParams:
-    """Keyword parameters of :func:`segment_nuclei` (configs: ``[segment.classical.nuclei]``).
-
-    The defaults are stated here only: the functions' signatures refer to these fields, and a
-    config sets just what differs (configs/rxrx1.toml: HepG2's smaller, denser nuclei).
-    """
-
-    diameter: float = 24.0
-    smoothing: float = 1.0
-    threshold_method: str = "li"
-    threshold_scale: float = 0.8
-    seed_scale: float = 0.3
-    seed_distance: float = 0.4
-    split_depth: float = 1.5
-    min_area_fraction: float = 0.1
-    min_snr: float = 3.0
-    edge_fraction: float = 0.25
-    local_scale: float = 0.0
-    edge_cap: float = 3.0
-
-
-@dataclass(frozen=True)
-class CellParams:
-    """Keyword parameters of :func:`segment_cells` (configs: ``[segment.classical.cells]``).
-
-    ``channels`` are 0-based indices into the ``(C, H, W)`` site (RxRx1: 1, 2, 5 = w2 ConA,
-    w3 phalloidin, w6 WGA).
-    """
-
-    channels: tuple[int, ...] = (1, 2, 5)
-    smoothing: float = 2.0
-    threshold_method: str = "otsu"
-    threshold_scale: float = 1.0
-    max_distance: float = 40.0
-    compactness: float = 0.0
-
 
 # --------------------------------------------------------------------------- input checks
 

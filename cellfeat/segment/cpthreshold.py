@@ -17,56 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage as ndi
 from skimage import filters
 
 from cellfeat.errors import ConfigError
+from cellfeat.segment.params import (  # noqa: F401  (re-exported)
+    AVERAGING,
+    SCOPES,
+    THRESHOLD_METHODS,
+    VARIANCE,
+    ThresholdSettings,
+)
 
-THRESHOLD_METHODS = ("minimum_cross_entropy", "otsu", "robust_background", "sauvola")
-SCOPES = ("global", "adaptive")
-AVERAGING = ("mean", "median", "mode")  # Robust Background's averaging method
-VARIANCE = ("standard_deviation", "median_absolute_deviation")
 GLOBAL_LIMITS = (0.7, 1.5)  # an adaptive threshold stays within these multiples of the global one
-
-
-@dataclass(frozen=True)
-class ThresholdSettings:
-    """A module's threshold settings (CellProfiler's names in brackets)."""
-
-    method: str = "minimum_cross_entropy"  # [Thresholding method]: "minimum_cross_entropy", "otsu", "robust_background", "sauvola" (adaptive only)
-    classes: int = 2  # [Two-class or three-class thresholding?] (Otsu)
-    middle_to_foreground: bool = True  # [Assign pixels in the middle intensity class to the foreground...]
-    smoothing_scale: float = 0.0  # [Threshold smoothing scale]
-    correction_factor: float = 1.0  # [Threshold correction factor]
-    lower_bound: float = 0.0  # [Lower and upper bounds on threshold]
-    upper_bound: float = 1.0
-    log_transform: bool = False  # [Log transform before thresholding?]
-    scope: str = "global"  # [Threshold strategy]: "global" or "adaptive"
-    window_size: int = 50  # [Size of adaptive window] (adaptive)
-    lower_outlier_fraction: float = 0.05  # Robust Background: [Lower outlier fraction]
-    upper_outlier_fraction: float = 0.05  # [Upper outlier fraction]
-    averaging: str = "mean"  # [Averaging method]: "mean", "median" or "mode"
-    variance: str = "standard_deviation"  # [Variance method]: or "median_absolute_deviation"
-    deviations: float = 2.0  # [# of deviations]
-
-    def __post_init__(self):
-        if self.scope not in SCOPES:
-            raise ConfigError(f"threshold strategy {self.scope!r}: expected one of {SCOPES}")
-        if self.method not in THRESHOLD_METHODS:
-            raise ConfigError(f"threshold method {self.method!r} is not supported; expected one of {THRESHOLD_METHODS}")
-        if self.method == "sauvola" and self.scope != "adaptive":
-            raise ConfigError('threshold method "sauvola" is adaptive only: set scope = "adaptive" (CellProfiler\'s Threshold strategy)')
-        if self.averaging not in AVERAGING or self.variance not in VARIANCE:
-            raise ConfigError(f"Robust Background averaging {self.averaging!r} / variance {self.variance!r}: expected one of "
-                              f"{AVERAGING} / {VARIANCE}")  # fmt: skip
-        if self.classes not in (2, 3):
-            raise ConfigError(f"threshold classes must be 2 or 3, got {self.classes!r}")
-        if int(self.window_size) != self.window_size or self.window_size < 1:
-            raise ConfigError(f"threshold window_size must be a positive whole number of pixels, got {self.window_size!r}")
-
 
 def _log_transform(image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     """centrosome's ``threshold.log_transform``: log of the image floored at 1/256 of its range
