@@ -2,10 +2,12 @@
 
 EfficientNet-Lite0 as ``[embed]`` builds it (6 channels, 64-pixel crops), random weights in its
 stem as the packaged ImageNet file gives them; random crops (speed does not depend on the
-values). Times inference (batch 64, ``--threads`` torch threads) in the default (NCHW) and the
+values). Times inference (batch 64, ``--threads`` torch threads) of the network as built (with
+its BatchNorms) and of the embedder's inference copy (``cellfeat.embed_inference``: BatchNorms
+folded, stride-1 convolutions padding inside, ReLU6 in place), in the default (NCHW) and the
 channels-last layout, in float32 and under bfloat16 autocast, and one training step (forward,
-backward, AdamW) in both layouts in float32; prints ms a crop and the smallest cosine similarity
-of each variant's embeddings to the float32 NCHW ones.
+backward, AdamW) of the network as built in both layouts in float32; prints ms a crop and the
+smallest cosine similarity of each variant's embeddings to the built network's float32 NCHW ones.
 
     OMP_NUM_THREADS=1 python scripts/bench_embed_layout.py --threads 1
 """
@@ -18,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from cellfeat.embed import pooled
+from cellfeat.embed import build_backbone, pooled
 from cellfeat.embed_config import EmbedConfig
 
 COLORS = [[0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 1, 1], [1, 0, 1], [1, 1, 0]]
@@ -40,24 +42,31 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = EmbedConfig.from_table({"device": "cpu"})
-    module = cfg.embedder(COLORS).module
+
+    def built():
+        return build_backbone(cfg.backbone, cfg.weights or None, n_channels=len(COLORS), channels=cfg.channels, colors=COLORS)
+
+    networks = {"built": built().eval(), "inference copy": cfg.embedder(COLORS).module}
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((args.crops, 6, cfg.crop_size, cfg.crop_size)).astype(np.float32))
     reference = None
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} thread(s)")
-    for fmt, label in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "channels-last")):
-        module = module.to(memory_format=fmt)
-        for bf16 in (False, True):
-            _infer(module, x, fmt, bf16, args.batch)  # oneDNN's primitives made
-            start = time.perf_counter()
-            out = _infer(module, x, fmt, bf16, args.batch)
-            ms = (time.perf_counter() - start) / len(x) * 1e3
-            reference = out if reference is None else reference
-            cosine = torch.nn.functional.cosine_similarity(out, reference).min().item()
-            print(f"inference {label:13s} {'bf16' if bf16 else 'fp32'}: {ms:.2f} ms a crop, min cosine to fp32 NCHW {cosine:.4f}")
+    for name, module in networks.items():
+        for fmt, label in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "channels-last")):
+            module = module.to(memory_format=fmt)
+            for bf16 in (False, True):
+                _infer(module, x, fmt, bf16, args.batch)  # oneDNN's primitives made
+                start = time.perf_counter()
+                out = _infer(module, x, fmt, bf16, args.batch)
+                ms = (time.perf_counter() - start) / len(x) * 1e3
+                reference = out if reference is None else reference
+                cosine = torch.nn.functional.cosine_similarity(out, reference).min().item()
+                diff = ((out - reference).abs().max() / reference.abs().max()).item()
+                print(f"inference {name:14s} {label:13s} {'bf16' if bf16 else 'fp32'}: {ms:.2f} ms a crop, "
+                      f"min cosine to the built fp32 NCHW {cosine:.4f}, max difference {diff:.1e} of the largest value")
     y = torch.randint(0, 40, (args.batch,))
     for fmt, label in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "channels-last")):
         torch.manual_seed(0)
-        net = cfg.embedder(COLORS).module.train().to(memory_format=fmt)
+        net = built().train().to(memory_format=fmt)
         head = torch.nn.Linear(1280, 40)
         optimizer = torch.optim.AdamW([*net.parameters(), *head.parameters()], lr=1e-3)
         batch = x[: args.batch].contiguous(memory_format=fmt)
