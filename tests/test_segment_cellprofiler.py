@@ -25,6 +25,7 @@ from cellfeat.segment.cellprofiler import (
     identify_secondary,
     identify_tertiary,
 )
+from cellfeat.segment.cpthreshold import blur
 from cellfeat.segment.propagate import propagate
 from tests.conftest import REPO, SHARED_DATA
 
@@ -218,6 +219,15 @@ for t in range(20):
     mask = ndi.gaussian_filter(rng.random((n, n)), 2) > 0.47
     out = segmentation.watershed(connectivity=np.ones((3, 3), bool), image=img, markers=seeds, mask=mask)
     cases.update({f"{t}_img": img, f"{t}_seeds": seeds, f"{t}_mask": mask, f"{t}_out": out})
+for t in range(20, 26):  # negative values, -0.0 next to 0.0, wide plateaus
+    n = int(rng.integers(20, 60))
+    img = np.round(rng.normal(size=(n, n)) * 2) / 2
+    img[img == 0] = np.where(rng.random(int((img == 0).sum())) < 0.5, -0.0, 0.0)
+    seeds = np.zeros((n, n), np.int32)
+    seeds.flat[rng.choice(n * n, 10, replace=False)] = rng.integers(1, 5, 10)
+    mask = rng.random((n, n)) > 0.1
+    out = segmentation.watershed(connectivity=np.ones((3, 3), bool), image=img, markers=seeds, mask=mask)
+    cases.update({f"{t}_img": img, f"{t}_seeds": seeds, f"{t}_mask": mask, f"{t}_out": out})
 np.savez(sys.argv[1], **cases)
 """
 
@@ -229,9 +239,30 @@ def test_watershed_is_scikit_image_024s(tmp_path):
         pytest.skip(f"CellProfiler's library environment not found at {CPREF.parent.parent}: make it with bash scripts/make_cpref_env.sh")
     subprocess.run([str(CPREF), "-c", _WATERSHED_CASES, str(tmp_path / "cases.npz")], check=True, timeout=300)
     cases = np.load(tmp_path / "cases.npz")
-    for t in range(20):
+    for t in range(26):
         np.testing.assert_array_equal(cpmorph.watershed(cases[f"{t}_img"], cases[f"{t}_seeds"], cases[f"{t}_mask"]),
                                       cases[f"{t}_out"], err_msg=f"case {t}")  # fmt: skip
+    with pytest.raises(ValueError, match="NaN"):
+        cpmorph.watershed(np.full((5, 5), np.nan), np.eye(5, dtype=np.int32))
+
+
+def test_blur_gives_scipys_floats():
+    """The threshold's Gaussian and declumping's filter: scipy's values to the bit (its loop for
+    symmetric weights, repeated), on small and large images, sigma wider than the image."""
+    rng = np.random.default_rng(3)
+    for t in range(30):
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        image = rng.normal(size=(h, w)) if t % 3 == 0 else np.round(rng.random((h, w)) * 255) / 255
+        image[rng.random((h, w)) < 0.05] = -0.0
+        sigma = float(rng.uniform(0.2, 6.0))
+        np.testing.assert_array_equal(blur(image, ("gaussian", sigma)), ndi.gaussian_filter(image, sigma, mode="constant", cval=0))
+        size = float(rng.uniform(1.0, 20.0))
+        half = max(int(size / 2.0), 1)
+        kernel = 1 / np.sqrt(2.0 * np.pi) / (size / 2.35) * np.exp(-0.5 * np.arange(-half, half + 1) ** 2 / (size / 2.35) ** 2)
+        expected = ndi.convolve1d(ndi.convolve1d(image, kernel, axis=0, mode="constant"), kernel, axis=1, mode="constant")
+        np.testing.assert_array_equal(blur(image, ("declump", size)), expected)
+    image32 = rng.random((20, 30)).astype(np.float32)  # other dtypes go to scipy itself
+    np.testing.assert_array_equal(blur(image32, ("gaussian", 1.5)), ndi.gaussian_filter(image32, 1.5, mode="constant", cval=0))
 
 
 VARIANTS = [  # (CellProfiler's keywords, ours) for the primary, then the secondary

@@ -281,78 +281,78 @@ def binary_shrink(image: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _smaller(value, age, a, b):
-    if value[a] != value[b]:
-        return value[a] < value[b]
-    return age[a] < age[b]
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _sift_up(value, age, index, child):
-    """The heap's push: the item just written at ``child`` rises while smaller than its parent."""
+def _push(heap, items, key, age, index):
+    """The heap's push: the new item rises while strictly smaller, in (key, age), than its parent
+    (parents moved down into the hole, not swapped: the same places). Returns the heap, grown
+    where it was full."""
+    if 3 * items == len(heap):
+        grown = np.empty(2 * len(heap), np.int64)
+        grown[: 3 * items] = heap[: 3 * items]
+        heap = grown
+    child = items
     while child > 0:
         parent = (child + 1) // 2 - 1
-        if not _smaller(value, age, child, parent):
-            return
-        value[parent], value[child] = value[child], value[parent]
-        age[parent], age[child] = age[child], age[parent]
-        index[parent], index[child] = index[child], index[parent]
+        pk = heap[3 * parent]
+        if not (key < pk or (key == pk and age < heap[3 * parent + 1])):
+            break
+        heap[3 * child], heap[3 * child + 1], heap[3 * child + 2] = pk, heap[3 * parent + 1], heap[3 * parent + 2]
         child = parent
+    heap[3 * child], heap[3 * child + 1], heap[3 * child + 2] = key, age, index
+    return heap
 
 
 @numba.njit(cache=True, nogil=True)
-def _flood(image, markers, mask, offsets, output):
+def _flood(keys, markers, mask, offsets, output):
     """scikit-image 0.24's ``watershed_raveled`` (no compactness, no watershed line) with its
     binary heap, item for item: pixels ordered by (value, age), markers pushed at their value
-    with age 0, a neighbour labelled when it is pushed."""
-    capacity = max(len(markers), 1024)
-    value = np.empty(capacity, np.float64)
-    age = np.empty(capacity, np.int64)
-    index = np.empty(capacity, np.int64)
+    with age 0, a neighbour labelled when it is pushed. ``keys``: the values as int64 in the
+    same order (:func:`_order_keys`); an item is three int64s side by side (key, age, index)."""
+    heap = np.empty(3 * max(len(markers), 1024), np.int64)
     items = 0
     counter = 1
-    for k in range(len(markers)):  # capacity holds them all
-        value[items], age[items], index[items] = image[markers[k]], 0, markers[k]
-        _sift_up(value, age, index, items)
+    for k in range(len(markers)):
+        heap = _push(heap, items, keys[markers[k]], 0, markers[k])
         items += 1
     while items > 0:
-        p = index[0]
+        p = heap[2]
         items -= 1
-        if items > 0:
-            value[0], age[0], index[0] = value[items], age[items], index[items]
+        if items > 0:  # the last item to the root, sifted down (moved, not swapped)
+            key, age, index = heap[3 * items], heap[3 * items + 1], heap[3 * items + 2]
             i = 0
             while True:
-                smallest = i
-                left, right = 2 * i + 1, 2 * i + 2
-                if left < items:
-                    if _smaller(value, age, left, i):
-                        smallest = left
-                    if right < items and _smaller(value, age, right, smallest):
-                        smallest = right
-                else:
+                left = 2 * i + 1
+                if left >= items:
                     break
+                smallest, sk, sa = i, key, age
+                lk, la = heap[3 * left], heap[3 * left + 1]
+                if lk < sk or (lk == sk and la < sa):
+                    smallest, sk, sa = left, lk, la
+                right = left + 1
+                if right < items:
+                    rk = heap[3 * right]
+                    if rk < sk or (rk == sk and heap[3 * right + 1] < sa):
+                        smallest = right
                 if smallest == i:
                     break
-                value[i], value[smallest] = value[smallest], value[i]
-                age[i], age[smallest] = age[smallest], age[i]
-                index[i], index[smallest] = index[smallest], index[i]
+                heap[3 * i], heap[3 * i + 1], heap[3 * i + 2] = heap[3 * smallest], heap[3 * smallest + 1], heap[3 * smallest + 2]
                 i = smallest
+            heap[3 * i], heap[3 * i + 1], heap[3 * i + 2] = key, age, index
+        label = output[p]
         for k in range(len(offsets)):
             q = p + offsets[k]
             if not mask[q] or output[q] != 0:
                 continue
             counter += 1
-            output[q] = output[p]
-            if items == capacity:
-                capacity *= 2
-                value2 = np.empty(capacity, np.float64)
-                age2 = np.empty(capacity, np.int64)
-                index2 = np.empty(capacity, np.int64)
-                value2[:items], age2[:items], index2[:items] = value[:items], age[:items], index[:items]
-                value, age, index = value2, age2, index2
-            value[items], age[items], index[items] = image[q], counter, q
-            _sift_up(value, age, index, items)
+            output[q] = label
+            heap = _push(heap, items, keys[q], counter, q)
             items += 1
+
+
+def _order_keys(values: np.ndarray) -> np.ndarray:
+    """float64 values as int64 keys in the same order (equal values, -0.0 and 0.0 included, give
+    equal keys), so the heap compares one integer where it compared floats."""
+    bits = (np.asarray(values, np.float64) + 0.0).view(np.int64)  # + 0.0: -0.0 becomes 0.0
+    return np.where(bits < 0, bits ^ np.int64(0x7FFFFFFFFFFFFFFF), bits)
 
 
 def watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -360,12 +360,14 @@ def watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = 
     as scikit-image 0.24 and earlier compute it (8-connected; markers any nonzero integers)."""
     mask = np.ones(markers.shape, bool) if mask is None else np.asarray(mask, bool)
     image = np.pad(np.asarray(image, np.float64), 1)
+    if np.isnan(image).any():
+        raise ValueError("watershed: the image has NaN values, which have no place in the flooding order")
     output = np.pad(np.asarray(markers) * mask, 1)  # markers outside the mask are dropped, as scikit-image does
     mask = np.pad(mask, 1)
     width = image.shape[1]
     offsets = np.array([-width, -1, 1, width, -width - 1, -width + 1, width - 1, width + 1], np.int64)
     flat = output.ravel()  # a view: _flood writes the labels into it
-    _flood(image.ravel(), np.flatnonzero(flat).astype(np.int64), mask.ravel(), offsets, flat)
+    _flood(_order_keys(image.ravel()), np.flatnonzero(flat).astype(np.int64), mask.ravel(), offsets, flat)
     return output[1:-1, 1:-1]
 
 
