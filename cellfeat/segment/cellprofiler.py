@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.ndimage as ndi
 
@@ -161,14 +162,31 @@ def _discard_border(labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def _discard_size(labels: np.ndarray, min_diameter: float, max_diameter: float) -> np.ndarray:
-    labels = labels.copy()
-    count = int(labels.max())
-    if count == 0:
-        return labels
-    areas = np.bincount(labels.ravel(), minlength=count + 1).astype(int)
-    area = areas[labels]
-    labels[(area < np.pi * min_diameter * min_diameter / 4) | (area > np.pi * max_diameter * max_diameter / 4)] = 0
-    return labels
+    return _discard_size_kernel(np.ascontiguousarray(labels), np.pi * min_diameter * min_diameter / 4,
+                                np.pi * max_diameter * max_diameter / 4)  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _discard_size_kernel(labels, smallest, largest):
+    """The objects whose area is below ``smallest`` or above ``largest`` set to 0 (a copy)."""
+    out = labels.copy()
+    flat = out.ravel()
+    top = 0
+    for k in range(flat.size):
+        top = max(top, flat[k])
+    if top <= 0:
+        return out
+    areas = np.zeros(top + 1, np.int64)
+    for k in range(flat.size):
+        if flat[k] > 0:
+            areas[flat[k]] += 1
+    drop = np.zeros(top + 1, np.bool_)
+    for v in range(1, top + 1):
+        drop[v] = areas[v] < smallest or areas[v] > largest
+    for k in range(flat.size):
+        if flat[k] > 0 and drop[flat[k]]:
+            flat[k] = 0
+    return out
 
 
 def identify_primary(image: np.ndarray, settings: PrimarySettings = PrimarySettings(), mask: np.ndarray | None = None) -> Primary:

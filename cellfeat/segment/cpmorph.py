@@ -351,8 +351,20 @@ def _flood(keys, markers, mask, offsets, output):
 def _order_keys(values: np.ndarray) -> np.ndarray:
     """float64 values as int64 keys in the same order (equal values, -0.0 and 0.0 included, give
     equal keys), so the heap compares one integer where it compared floats."""
-    bits = (np.asarray(values, np.float64) + 0.0).view(np.int64)  # + 0.0: -0.0 becomes 0.0
-    return np.where(bits < 0, bits ^ np.int64(0x7FFFFFFFFFFFFFFF), bits)
+    return _order_keys_kernel(np.ascontiguousarray(values, np.float64).ravel())
+
+
+@numba.njit(cache=True, nogil=True)
+def _order_keys_kernel(values):
+    keys = np.empty(values.size, np.int64)
+    scratch = np.empty(1, np.float64)
+    bits = scratch.view(np.int64)
+    flip = np.int64(0x7FFFFFFFFFFFFFFF)
+    for k in range(values.size):
+        scratch[0] = values[k] + 0.0  # -0.0 becomes 0.0
+        b = bits[0]
+        keys[k] = b ^ flip if b < 0 else b
+    return keys
 
 
 def watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

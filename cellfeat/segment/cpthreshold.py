@@ -312,8 +312,10 @@ def _correlate_axis1(x, w, out):
             o[j] = line[j + r] * w[r]
         for k in range(r, 0, -1):
             wk = w[r - k]
+            left = line[r - k : r - k + width]  # (slices: the loop below vectorizes; indexing line did not)
+            right = line[r + k : r + k + width]
             for j in range(width):
-                o[j] += (line[j + r - k] + line[j + r + k]) * wk
+                o[j] += (left[j] + right[j]) * wk
 
 
 @functools.lru_cache(maxsize=16)
