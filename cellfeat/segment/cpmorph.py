@@ -306,7 +306,7 @@ def _flood(keys, markers, mask, offsets, output):
     """scikit-image 0.24's ``watershed_raveled`` (no compactness, no watershed line) with its
     binary heap, item for item: pixels ordered by (value, age), markers pushed at their value
     with age 0, a neighbour labelled when it is pushed. ``keys``: the values as int64 in the
-    same order (:func:`_order_keys`); an item is three int64s side by side (key, age, index)."""
+    same order (:func:`_prepare`); an item is three int64s side by side (key, age, index)."""
     heap = np.empty(3 * max(len(markers), 1024), np.int64)
     items = 0
     counter = 1
@@ -348,38 +348,55 @@ def _flood(keys, markers, mask, offsets, output):
             items += 1
 
 
-def _order_keys(values: np.ndarray) -> np.ndarray:
-    """float64 values as int64 keys in the same order (equal values, -0.0 and 0.0 included, give
-    equal keys), so the heap compares one integer where it compared floats."""
-    return _order_keys_kernel(np.ascontiguousarray(values, np.float64).ravel())
-
-
 @numba.njit(cache=True, nogil=True)
-def _order_keys_kernel(values):
-    keys = np.empty(values.size, np.int64)
+def _prepare(image, markers, mask):
+    """The flooding's inputs, one pixel of padding a side (outside the mask), in one pass: each
+    value as an int64 key in the same order (its float bits, negative ones flipped; -0.0 taken as
+    0.0, so equal values give equal keys and the heap compares one integer where it compared
+    floats), the padded mask, the markers inside the mask (scikit-image drops the others) and
+    their flat indices in raster order. The last item: whether some value is NaN."""
+    height, width = image.shape
+    wide = width + 2
+    keys = np.zeros((height + 2) * wide, np.int64)
+    inside = np.zeros((height + 2) * wide, np.bool_)
+    output = np.zeros((height + 2, wide), markers.dtype)
+    seeds = np.empty(height * width, np.int64)
+    n_seeds = 0
     scratch = np.empty(1, np.float64)
     bits = scratch.view(np.int64)
     flip = np.int64(0x7FFFFFFFFFFFFFFF)
-    for k in range(values.size):
-        scratch[0] = values[k] + 0.0  # -0.0 becomes 0.0
-        b = bits[0]
-        keys[k] = b ^ flip if b < 0 else b
-    return keys
+    nan = False
+    for i in range(height):
+        for j in range(width):
+            p = (i + 1) * wide + j + 1
+            v = image[i, j]
+            nan |= v != v
+            scratch[0] = v + 0.0  # -0.0 becomes 0.0
+            b = bits[0]
+            keys[p] = b ^ flip if b < 0 else b
+            if mask[i, j]:
+                inside[p] = True
+                if markers[i, j] != 0:
+                    output[i + 1, j + 1] = markers[i, j]
+                    seeds[n_seeds] = p
+                    n_seeds += 1
+    return keys, inside, output, seeds[:n_seeds], nan
 
 
 def watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """``skimage.segmentation.watershed(image, markers, connectivity=np.ones((3, 3)), mask=mask)``
     as scikit-image 0.24 and earlier compute it (8-connected; markers any nonzero integers)."""
-    mask = np.ones(markers.shape, bool) if mask is None else np.asarray(mask, bool)
-    image = np.pad(np.asarray(image, np.float64), 1)
-    if np.isnan(image).any():
+    markers = np.ascontiguousarray(markers)
+    mask = np.ones(markers.shape, bool) if mask is None else np.ascontiguousarray(mask, bool)
+    image = np.ascontiguousarray(image, np.float64)
+    if image.ndim != 2 or image.shape != markers.shape or mask.shape != markers.shape:
+        raise ValueError(f"watershed takes one 2-D shape: image {image.shape}, markers {markers.shape}, mask {mask.shape}")
+    keys, inside, output, seeds, nan = _prepare(image, markers, mask)
+    if nan:
         raise ValueError("watershed: the image has NaN values, which have no place in the flooding order")
-    output = np.pad(np.asarray(markers) * mask, 1)  # markers outside the mask are dropped, as scikit-image does
-    mask = np.pad(mask, 1)
-    width = image.shape[1]
+    width = output.shape[1]
     offsets = np.array([-width, -1, 1, width, -width - 1, -width + 1, width - 1, width + 1], np.int64)
-    flat = output.ravel()  # a view: _flood writes the labels into it
-    _flood(_order_keys(image.ravel()), np.flatnonzero(flat).astype(np.int64), mask.ravel(), offsets, flat)
+    _flood(keys, seeds, inside, offsets, output.ravel())  # ravel: a view, _flood writes the labels into it
     return output[1:-1, 1:-1]
 
 
