@@ -70,11 +70,13 @@ class Primary:
 def _smooth(image: np.ndarray, mask: np.ndarray | None, filter_size: float) -> np.ndarray:
     """The declumping smoothing filter: a Gaussian of sigma ``filter_size / 2.35`` cut at
     ``filter_size / 2`` px, corrected for the mask's edges."""
-    if mask is None:
-        mask = np.ones(image.shape, bool)
     if filter_size == 0:
         return image
     how = ("declump", float(filter_size))
+    if image.dtype == np.float64 and (mask is None or mask.all()):  # the masked steps' values, without their copies
+        return blur(image, how) / blurred_ones(image.shape, how)
+    if mask is None:
+        mask = np.ones(image.shape, bool)
     edge = blurred_ones(image.shape, how) if mask.all() else blur(mask.astype(float), how)
     out = image.copy()
     out[~mask] = 0
