@@ -56,12 +56,24 @@ def _inverse_log(value, conversion: tuple[float, float]):
 def _levels(values: np.ndarray) -> np.ndarray:
     """``np.unique(values)``, by counting where every value is exactly k / 255 or k / 65535 (the
     images CellProfiler reads), else by sorting."""
-    flat = values.ravel()
-    for scale in (255.0, 65535.0):
-        codes = np.rint(flat * scale)
-        if codes.min() >= 0 and codes.max() <= scale and np.array_equal(codes / scale, flat):
-            return np.flatnonzero(np.bincount(codes.astype(np.int64), minlength=int(scale) + 1)) / scale
+    flat = np.ascontiguousarray(values, np.float64).ravel()
+    for scale in (255, 65535):
+        present = _grid_levels(flat, scale)
+        if present.size:
+            return np.flatnonzero(present) / float(scale)
     return np.unique(flat)
+
+
+@numba.njit(cache=True, nogil=True)
+def _grid_levels(flat, scale):
+    """Which of the levels ``k / scale`` occur, where every value is one of them (else empty)."""
+    present = np.zeros(scale + 1, np.bool_)
+    for v in flat:
+        code = np.rint(v * scale)
+        if not (code >= 0 and code <= scale and code / scale == v):
+            return np.zeros(0, np.bool_)
+        present[np.int64(code)] = True
+    return present
 
 
 def _li_tolerance(values: np.ndarray) -> float:
