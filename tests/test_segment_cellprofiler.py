@@ -265,6 +265,27 @@ def test_blur_gives_scipys_floats():
     np.testing.assert_array_equal(blur(image32, ("gaussian", 1.5)), ndi.gaussian_filter(image32, 1.5, mode="constant", cval=0))
 
 
+
+def test_minimum_cross_entropy_on_grey_levels_is_scikit_images():
+    """Li's iteration from a histogram of the grey levels: scikit-image's threshold to rounding
+    on 8- and 16-bit images; values off the grid are left to scikit-image (None)."""
+    from skimage import filters
+
+    from cellfeat.segment.cpthreshold import _li_on_levels, _li_tolerance
+
+    rng = np.random.default_rng(4)
+    for t in range(20):
+        scale = 255 if t % 2 else 65535
+        n = int(rng.integers(10, 120))
+        image = ndi.gaussian_filter(rng.random((n, n)), rng.uniform(0.5, 4)) ** rng.uniform(1, 4)
+        image = np.round(image / image.max() * rng.uniform(0.2, 1.0) * scale) / scale
+        if np.all(image == image.flat[0]):
+            continue
+        tolerance = _li_tolerance(image)
+        expected = float(filters.threshold_li(image, tolerance=tolerance))
+        np.testing.assert_allclose(_li_on_levels(image, tolerance), expected, rtol=1e-12)
+    assert _li_on_levels(rng.random((20, 20)), 1e-4) is None
+
 VARIANTS = [  # (CellProfiler's keywords, ours) for the primary, then the secondary
     ({"threshold_method": "Multi-Otsu", "threshold_smoothing": 2.0, "log_transform": True, "assign_middle_to_foreground": "Background",
       "unclump_method": "Shape", "watershed_method": "Propagate", "automatic_suppression": False, "maxima_suppression_size": 6.0,

@@ -125,7 +125,10 @@ def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.nd
     elif np.all(values == values.ravel()[0]):
         threshold = float(values.ravel()[0])
     elif settings.method in ("minimum_cross_entropy", "sauvola"):
-        threshold = float(filters.threshold_li(values, tolerance=_li_tolerance(values)))
+        tolerance = _li_tolerance(values)
+        threshold = _li_on_levels(values, tolerance)
+        if threshold is None:
+            threshold = float(filters.threshold_li(values, tolerance=tolerance))
     elif settings.method == "robust_background":
         threshold = _robust_background(values, settings)
     elif settings.classes == 2:
@@ -136,6 +139,68 @@ def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.nd
         threshold = float(_inverse_log(threshold, conversion))
     threshold *= settings.correction_factor
     return min(max(threshold, settings.lower_bound), settings.upper_bound)
+
+
+def _li_on_levels(values: np.ndarray, tolerance: float) -> float | None:
+    """scikit-image's ``threshold_li`` (its iteration for float images, with ``tolerance``) where
+    every value is a grey level ``k / 255`` or ``k / 65535``: its means over the pixels above
+    and below each estimate taken from a histogram of the levels (one pass over the pixels, then
+    the levels alone) instead of over the pixels; equal up to the rounding of the sums (numpy's
+    pairwise summation vs sums of count x level). None where the values are not such levels."""
+    flat = np.ascontiguousarray(values, np.float64).ravel()
+    for scale in (255, 65535):
+        counts = _grid_counts(flat, scale)
+        if counts.size:
+            return float(_li_iterate(counts, float(scale), float(tolerance)))
+    return None
+
+
+@numba.njit(cache=True, nogil=True)
+def _grid_counts(flat, scale):
+    """How many values are each level ``k / scale``, where every value is one (else empty)."""
+    counts = np.zeros(scale + 1, np.int64)
+    for v in flat:
+        code = np.rint(v * scale)
+        if not (code >= 0 and code <= scale and code / scale == v):
+            return np.zeros(0, np.int64)
+        counts[np.int64(code)] += 1
+    return counts
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _li_iterate(counts, scale, tolerance):
+    levels = np.flatnonzero(counts)
+    low = levels[0] / scale
+    shifted = np.empty(levels.size)  # the image less its minimum, as scikit-image shifts it
+    weight = np.empty(levels.size)
+    total = 0.0
+    n = 0.0
+    for i in range(levels.size):
+        shifted[i] = levels[i] / scale - low
+        weight[i] = counts[levels[i]]
+        total += weight[i] * shifted[i]
+        n += weight[i]
+    t_next = total / n
+    t_curr = -2 * tolerance
+    while abs(t_next - t_curr) > tolerance:
+        t_curr = t_next
+        fore = 0.0
+        n_fore = 0.0
+        back = 0.0
+        n_back = 0.0
+        for i in range(levels.size):
+            if shifted[i] > t_curr:
+                fore += weight[i] * shifted[i]
+                n_fore += weight[i]
+            else:
+                back += weight[i] * shifted[i]
+                n_back += weight[i]
+        mean_fore = fore / n_fore
+        mean_back = back / n_back
+        if mean_back == 0.0:
+            break
+        t_next = (mean_back - mean_fore) / (np.log(mean_back) - np.log(mean_fore))
+    return t_next + low
 
 
 def _block_threshold(block: np.ndarray, settings: ThresholdSettings, tolerance: float) -> float:
