@@ -211,7 +211,8 @@ def _block_threshold(block: np.ndarray, settings: ThresholdSettings, tolerance: 
     if np.all(block == block[0]):
         return float(block[0])
     if settings.method == "minimum_cross_entropy":
-        return float(filters.threshold_li(block, tolerance=tolerance))
+        threshold = _li_on_levels(block, tolerance)
+        return float(filters.threshold_li(block, tolerance=tolerance)) if threshold is None else threshold
     if settings.method == "robust_background":
         return _robust_background(block, settings)
     if settings.classes == 2 or len(np.unique(block)) < 3:
