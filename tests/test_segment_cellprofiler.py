@@ -60,6 +60,9 @@ def test_morphology_kernels_equal_centrosome():
         np.testing.assert_array_equal(cpmorph.is_local_maximum(image, labels, footprint), C.is_local_maximum(image, labels, footprint))
         for size_fn in (None, lambda area, is_object: area < 30):
             np.testing.assert_array_equal(cpmorph.fill_labeled_holes(labels, size_fn=size_fn), C.fill_labeled_holes(labels, size_fn=size_fn))
+            filled = cpmorph.fill_labeled_holes(labels > 0, size_fn=size_fn)  # a binary image, as the "both" fill mode passes
+            assert filled.dtype == bool
+            np.testing.assert_array_equal(filled, C.fill_labeled_holes(labels > 0, size_fn=size_fn))
         mask = rng.random((n, n)) > 0.05
         np.testing.assert_array_equal(cpmorph.fill_labeled_holes(labels, mask=mask), C.fill_labeled_holes(labels, mask=mask))
         blobs = ndi.binary_dilation(rng.random((n, n)) > 0.97, iterations=int(rng.integers(1, 4)))

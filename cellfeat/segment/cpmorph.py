@@ -119,9 +119,8 @@ def fill_labeled_holes(labels: np.ndarray, mask: np.ndarray | None = None,
     if mask is not None:
         background &= mask
     blabels, count = ndi.label(background, FOUR_CONNECT)
-    work = labels.astype(np.int64)
-    lcount = int(work.max()) if work.size else 0
-    work[blabels != 0] = blabels[blabels != 0] + lcount + 1
+    lcount = int(labels.max()) if labels.size else 0
+    work = _with_background(np.ascontiguousarray(labels), blabels, lcount)
     lmax = lcount + count + 1
     is_not_hole = np.zeros(lmax + 1, np.uint8)
     edge = np.unique(np.hstack((work[0, :], work[:, 0], work[-1, :], work[:, -1])))
@@ -148,12 +147,29 @@ def fill_labeled_holes(labels: np.ndarray, mask: np.ndarray | None = None,
     new[lcount + 1 :] = 0
     holes = is_not_hole == 0
     new[holes] = adjacent_non_hole[holes]
-    if mask is not None:
-        out = work.copy()
-        out[mask] = new[work[mask]]
-    else:
-        out = new[work]
-    return out.astype(dtype)
+    out = np.empty(work.shape, dtype)
+    _renumber(work, new, np.ones((1, 1), bool) if mask is None else np.ascontiguousarray(mask, bool), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _with_background(labels, blabels, lcount):
+    """The labels as int64, each background piece ``b`` (of ``blabels``) as ``lcount + 1 + b``."""
+    work = np.empty(labels.shape, np.int64)
+    for r in range(labels.shape[0]):
+        for c in range(labels.shape[1]):
+            b = blabels[r, c]
+            work[r, c] = b + lcount + 1 if b != 0 else labels[r, c]
+    return work
+
+
+@numba.njit(cache=True, nogil=True)
+def _renumber(work, new, mask, out):
+    """``out = new[work]`` where ``mask`` (a 1 x 1 array: everywhere), ``work`` elsewhere."""
+    everywhere = mask.shape != work.shape
+    for r in range(work.shape[0]):
+        for c in range(work.shape[1]):
+            out[r, c] = new[work[r, c]] if everywhere or mask[r, c] else work[r, c]
 
 
 # --------------------------------------------------------------------------- maxima
