@@ -287,6 +287,7 @@ def test_minimum_cross_entropy_on_grey_levels_is_scikit_images():
         tolerance = _li_tolerance(image)
         expected = float(filters.threshold_li(image, tolerance=tolerance))
         np.testing.assert_allclose(_li_on_levels(image, tolerance), expected, rtol=1e-12)
+        assert _li_on_levels(image) == _li_on_levels(image, tolerance)  # its own tolerance is _li_tolerance's
     assert _li_on_levels(rng.random((20, 20)), 1e-4) is None
 
 VARIANTS = [  # (CellProfiler's keywords, ours) for the primary, then the secondary

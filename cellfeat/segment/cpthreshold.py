@@ -53,33 +53,48 @@ def _inverse_log(value, conversion: tuple[float, float]):
     return np.exp(value * (log_max - log_min) + log_min)
 
 
-def _levels(values: np.ndarray) -> np.ndarray:
-    """``np.unique(values)``, by counting where every value is exactly k / 255 or k / 65535 (the
-    images CellProfiler reads), else by sorting."""
+def _grid_histogram(values: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """``(counts, scale)``: how many values are each grey level ``k / scale``, where every value
+    is exactly k / 255 or k / 65535 (the images CellProfiler reads); None where they are not."""
     flat = np.ascontiguousarray(values, np.float64).ravel()
     for scale in (255, 65535):
-        present = _grid_levels(flat, scale)
-        if present.size:
-            return np.flatnonzero(present) / float(scale)
-    return np.unique(flat)
+        counts = _grid_counts(flat, scale)
+        if counts.size:
+            return counts, scale
+    return None
 
 
 @numba.njit(cache=True, nogil=True)
-def _grid_levels(flat, scale):
-    """Which of the levels ``k / scale`` occur, where every value is one of them (else empty)."""
-    present = np.zeros(scale + 1, np.bool_)
+def _grid_counts(flat, scale):
+    """How many values are each level ``k / scale``, where every value is one (else empty)."""
+    counts = np.zeros(scale + 1, np.int64)
     for v in flat:
         code = np.rint(v * scale)
         if not (code >= 0 and code <= scale and code / scale == v):
-            return np.zeros(0, np.bool_)
-        present[np.int64(code)] = True
-    return present
+            return np.zeros(0, np.int64)
+        counts[np.int64(code)] += 1
+    return counts
+
+
+def _levels(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)``, by counting where every value is a grey level (see
+    :func:`_grid_histogram`), else by sorting."""
+    grid = _grid_histogram(values)
+    if grid is None:
+        return np.unique(np.ascontiguousarray(values, np.float64).ravel())
+    counts, scale = grid
+    return np.flatnonzero(counts) / float(scale)
+
+
+def _tolerance_of(levels: np.ndarray) -> float:
+    """The tolerance CellProfiler gives scikit-image's Li (Minimum Cross-Entropy): half the
+    smallest step between the (sorted, distinct) grey levels, at least half a 16-bit step."""
+    return max(float(np.min(np.diff(levels))) / 2, 0.5 / 65536)
 
 
 def _li_tolerance(values: np.ndarray) -> float:
-    """The tolerance CellProfiler gives scikit-image's Li (Minimum Cross-Entropy): half the
-    smallest step between grey levels, at least half a 16-bit step."""
-    return max(float(np.min(np.diff(_levels(values)))) / 2, 0.5 / 65536)
+    """:func:`_tolerance_of` the values' distinct levels."""
+    return _tolerance_of(_levels(values))
 
 
 def binned_mode(values: np.ndarray) -> float:
@@ -125,10 +140,9 @@ def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.nd
     elif np.all(values == values.ravel()[0]):
         threshold = float(values.ravel()[0])
     elif settings.method in ("minimum_cross_entropy", "sauvola"):
-        tolerance = _li_tolerance(values)
-        threshold = _li_on_levels(values, tolerance)
+        threshold = _li_on_levels(values)
         if threshold is None:
-            threshold = float(filters.threshold_li(values, tolerance=tolerance))
+            threshold = float(filters.threshold_li(values, tolerance=_li_tolerance(values)))
     elif settings.method == "robust_background":
         threshold = _robust_background(values, settings)
     elif settings.classes == 2:
@@ -141,30 +155,20 @@ def global_threshold(image: np.ndarray, settings: ThresholdSettings, mask: np.nd
     return min(max(threshold, settings.lower_bound), settings.upper_bound)
 
 
-def _li_on_levels(values: np.ndarray, tolerance: float) -> float | None:
-    """scikit-image's ``threshold_li`` (its iteration for float images, with ``tolerance``) where
-    every value is a grey level ``k / 255`` or ``k / 65535``: its means over the pixels above
-    and below each estimate taken from a histogram of the levels (one pass over the pixels, then
-    the levels alone) instead of over the pixels; equal up to the rounding of the sums (numpy's
-    pairwise summation vs sums of count x level). None where the values are not such levels."""
-    flat = np.ascontiguousarray(values, np.float64).ravel()
-    for scale in (255, 65535):
-        counts = _grid_counts(flat, scale)
-        if counts.size:
-            return float(_li_iterate(counts, float(scale), float(tolerance)))
-    return None
-
-
-@numba.njit(cache=True, nogil=True)
-def _grid_counts(flat, scale):
-    """How many values are each level ``k / scale``, where every value is one (else empty)."""
-    counts = np.zeros(scale + 1, np.int64)
-    for v in flat:
-        code = np.rint(v * scale)
-        if not (code >= 0 and code <= scale and code / scale == v):
-            return np.zeros(0, np.int64)
-        counts[np.int64(code)] += 1
-    return counts
+def _li_on_levels(values: np.ndarray, tolerance: float | None = None) -> float | None:
+    """scikit-image's ``threshold_li`` (its iteration for float images) where every value is a
+    grey level ``k / 255`` or ``k / 65535``: its means over the pixels above and below each
+    estimate taken from a histogram of the levels (one pass over the pixels, then the levels
+    alone) instead of over the pixels; equal up to the rounding of the sums (numpy's pairwise
+    summation vs sums of count x level). ``tolerance``: by default :func:`_li_tolerance`'s, from
+    the same histogram. None where the values are not such levels."""
+    grid = _grid_histogram(values)
+    if grid is None:
+        return None
+    counts, scale = grid
+    if tolerance is None:
+        tolerance = _tolerance_of(np.flatnonzero(counts) / float(scale))
+    return float(_li_iterate(counts, float(scale), float(tolerance)))
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
